@@ -1,0 +1,36 @@
+# The lab's commands. Every target sets up .venv/ first if it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CATALOG ?= auto
+
+.PHONY: setup models lab test notebooks jupyter bench clean
+
+$(STAMP): requirements.txt pyproject.toml scripts/install_kernel.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) scripts/install_kernel.py
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+models: setup  ## download (tfhub) or convert (offline) the catalog's models into the cache
+	$(PY) -m utils.catalog --catalog $(CATALOG)
+
+lab: setup  ## run every notebook headlessly on the embedded defaults
+	$(PY) scripts/run_notebooks.py --catalog auto
+
+test: setup  ## unit, server and notebook tests (notebooks run offline, nbval compares outputs)
+	$(PY) scripts/run_notebooks.py --catalog offline --prepare-only --output-dir build/nbval
+	$(PY) -m pytest tests build/nbval --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
+	$(PY) scripts/run_notebooks.py --catalog offline --in-place
+
+jupyter: setup  ## JupyterLab on the lab's kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf build

@@ -1,0 +1,1 @@
+"""Plumbing shared by the lab's notebooks: paths, images, labels, models, clients."""

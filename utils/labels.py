@@ -1,0 +1,12 @@
+"""ImageNet label names (labels/ImageNetLabels.txt, made by scripts/make_labels.py)."""
+
+from utils.errors import LabError
+from utils.paths import LABELS_PATH
+
+
+def load_labels(path=LABELS_PATH):
+    """The 1001 ImageNet label names, index 0 = 'background'."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise LabError(f"Label file {path} is missing: run `python scripts/make_labels.py`.") from None

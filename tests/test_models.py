@@ -1,0 +1,138 @@
+"""Catalog, the EfficientNet-Lite port, the serving module and its exports."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REFERENCE_DIR
+from model_server.bundle import SavedModelBundle
+from utils import catalog
+from utils.errors import LabError
+from utils.images import IMAGES_DIR, get_image_list, load_batch, read_image_bytes
+from utils.predictions import top_k
+from utils.pth import PthFormatError, load_state_dict
+
+CAT_CLASSES = {"Egyptian cat", "tabby", "tiger cat", "Persian cat", "Siamese cat"}
+
+
+def test_unknown_catalog_is_one_clear_sentence():
+    with pytest.raises(LabError, match=r"Unknown catalog 'resnet': choose one of 'auto', 'tfhub', 'offline'\."):
+        catalog.resolve_catalog("resnet")
+
+
+def test_auto_falls_back_to_offline_and_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(catalog, "tfhub_answers", lambda: False)
+    assert catalog.resolve_catalog("auto") == "offline"
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_auto_prefers_tfhub_when_it_answers(monkeypatch, capsys):
+    monkeypatch.setattr(catalog, "tfhub_answers", lambda: True)
+    assert catalog.resolve_catalog("auto") == "tfhub"
+    assert "using 'tfhub'" in capsys.readouterr().out
+
+
+def test_tfhub_probe_is_false_when_unreachable(monkeypatch):
+    monkeypatch.setattr(catalog, "TFHUB_PROBE_URL", "http://127.0.0.1:9/")
+    assert catalog.tfhub_answers(timeout=1.0) is False
+
+
+def test_failed_tfhub_download_is_clear_and_leaves_no_partial_model(tmp_path):
+    unreachable = catalog.CatalogModel("ResNet v2 50", "resnet", 50, "https://127.0.0.1:9/resnet_v2_50/classification/5")
+    with pytest.raises(LabError, match="use catalog 'offline' or 'auto'"):
+        catalog.prepare_model(unreachable, cache=tmp_path)
+    assert list((tmp_path / "tfhub").iterdir()) == []
+
+
+def test_served_names_do_not_pretend_to_be_resnets(offline_models):
+    assert {(m.model_name, m.version) for m in offline_models} == {("efficientnet_lite", 0), ("efficientnet_lite", 1)}
+    assert {(m.model_name, m.version) for m in catalog.CATALOGS["tfhub"]} == {("resnet", 50), ("resnet", 101)}
+
+
+def test_pth_reader_rejects_other_files(tmp_path):
+    not_pth = tmp_path / "weights.pth"
+    not_pth.write_bytes(b"PK\x03\x04 a zip, not a legacy pickle")
+    with pytest.raises(PthFormatError, match="not a legacy PyTorch file"):
+        load_state_dict(not_pth)
+
+
+def test_pth_reader_detects_truncation(tmp_path, offline_models):
+    pth = catalog.wheel_weights_path(offline_models[0])
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(pth.read_bytes()[:-1000])
+    with pytest.raises(PthFormatError, match="truncated"):
+        load_state_dict(truncated)
+
+
+@pytest.fixture(scope="module")
+def lite0(offline_models):
+    return catalog.load_model(offline_models[0])
+
+
+def test_offline_model_has_the_tfhub_interface(lite0):
+    logits = lite0(tf.zeros([2, 224, 224, 3]))
+    assert logits.shape == (2, 1001) and logits.dtype == tf.float32
+    assert np.all(np.argmax(logits, axis=-1) != 0), "background never ranks first"
+
+
+def test_lite0_reproduces_published_imagenet_behaviour(lite0, labels):
+    paths = [REFERENCE_DIR / "grace_hopper.jpg", IMAGES_DIR / "chelsea.jpg", IMAGES_DIR / "coffee.jpg"]
+    first = [rows[0][0] for rows in top_k(lite0(load_batch(paths)).numpy(), labels)]
+    assert first[0] == "military uniform"
+    assert first[1] in CAT_CLASSES
+    assert first[2] == "espresso"
+
+
+def test_serving_preprocess_matches_python_preprocessing(serving_modules, labels):
+    paths = get_image_list()
+    raw = tf.constant([read_image_bytes(p) for p in paths])
+    for module in serving_modules.values():
+        served = module.predict_labels(raw)
+        python = top_k(module(load_batch(paths)).numpy(), labels)
+        assert [[n.decode() for n in row] for row in served["labels"].numpy()] == [[n for n, _ in r] for r in python]
+        np.testing.assert_allclose(served["probabilities"].numpy(), [[p for _, p in r] for r in python], atol=1e-5)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"plain text, not an image", "Unknown image file format"),
+    (b"GIF89a but a broken one", "Invalid GIF data"),
+])
+def test_serving_preprocess_rejects_non_images(serving_modules, payload, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        serving_modules[0].predict_labels(tf.constant([payload]))
+
+
+def test_every_export_runs_both_signatures_in_the_tf1_session_loader(exported_models, serving_modules):
+    paths = get_image_list()
+    images = load_batch(paths).numpy()
+    raw = np.array([read_image_bytes(p) for p in paths], dtype=object)
+    for version, module in serving_modules.items():
+        bundle = SavedModelBundle(exported_models / "efficientnet_lite" / str(version))
+        try:
+            assert {"serving_default", "serving_preprocess"} <= set(bundle.signature_defs)
+            logits = bundle.run("serving_default", {"x": images})["output_0"]
+            np.testing.assert_allclose(logits, module(images).numpy(), rtol=1e-4, atol=1e-4)
+            top5 = bundle.run("serving_preprocess", {"raw_images": raw})
+            assert top5["labels"].shape == (len(paths), 5) and top5["probabilities"].shape == (len(paths), 5)
+        finally:
+            bundle.close()
+
+
+def test_session_loader_check_catches_the_keras3_pitfall(tmp_path):
+    """A Keras 3 model kept on a tf.Module saves, but TF Serving's loader cannot find its variables."""
+
+    class Wrapper(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tf.keras.Sequential([tf.keras.Input([3]), tf.keras.layers.Dense(2)])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def __call__(self, x):
+            return self.model(x)
+
+    wrapper = Wrapper()
+    tf.saved_model.save(wrapper, str(tmp_path / "1"), signatures={"serving_default": wrapper.__call__})
+    tf.saved_model.load(str(tmp_path / "1"))  # TF2 loading works...
+    with pytest.raises(tf.errors.FailedPreconditionError, match="Could not find variable"):
+        bundle = SavedModelBundle(tmp_path / "1")  # ...TF Serving's does not
+        bundle.run("serving_default", {"x": np.zeros([1, 3], np.float32)})

@@ -6,7 +6,9 @@ and fetching the tensor names in its SignatureDef. Doing the same here means a
 SavedModel that breaks in the real server breaks here too.
 """
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 SERVING_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -44,12 +46,20 @@ class SavedModelBundle:
         key = (signature_name, input_keys, output_keys)
         run = self._callables.get(key)
         if run is None:
-            run = self.session.make_callable(
-                [signature.outputs[k].name for k in output_keys],
-                feed_list=[signature.inputs[k].name for k in input_keys])
+            # Feed and fetch by tensor name through the C API, as TF Serving's Session::Run
+            # does: no Python-side static shape checks that the C++ server does not make.
+            options = config_pb2.CallableOptions(
+                feed=[signature.inputs[k].name for k in input_keys],
+                fetch=[signature.outputs[k].name for k in output_keys])
+            run = self.session._make_callable_from_options(options)  # noqa: SLF001 - the v1 C-API path
             self._callables[key] = run
-        values = run(*(inputs[k] for k in input_keys))
+        values = run(*(self._feed_value(signature.inputs[k], inputs[k]) for k in input_keys))
         return dict(zip(output_keys, values))
+
+    @staticmethod
+    def _feed_value(tensor_info, value):
+        dtype = tf.dtypes.as_dtype(tensor_info.dtype)
+        return np.asarray(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
 
     def close(self):
         self.session.close()

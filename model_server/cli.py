@@ -1,0 +1,111 @@
+"""tensorflow_model_server's command line: same flag names, defaults and syntax."""
+
+import argparse
+from dataclasses import dataclass
+
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: type
+    default: object
+    help: str
+
+
+FLAGS = {
+    "port": Flag(int, 8500, "gRPC port"),
+    "grpc_socket_path": Flag(str, "", "also serve gRPC on this Unix socket"),
+    "grpc_channel_arguments": Flag(str, "", "comma-separated gRPC channel arguments, key=value"),
+    "rest_api_port": Flag(int, 0, "HTTP/REST port; 0 turns REST off"),
+    "rest_api_timeout_in_ms": Flag(int, 30000, "REST request timeout"),
+    "model_name": Flag(str, "default", "name of the model when --model_base_path is used"),
+    "model_base_path": Flag(str, "", "directory of a single model's numbered versions"),
+    "model_config_file": Flag(str, "", "text-format ModelServerConfig"),
+    "model_config_file_poll_wait_seconds": Flag(int, 0, "re-read --model_config_file this often; 0 = never"),
+    "allow_version_labels_for_unavailable_models": Flag(bool, False, "allow new labels on unloaded versions"),
+    "file_system_poll_wait_seconds": Flag(int, 1, "look for new versions this often; 0 = only at start"),
+    "tensorflow_intra_op_parallelism": Flag(int, 0, "threads per op; 0 = TensorFlow's choice"),
+    "tensorflow_inter_op_parallelism": Flag(int, 0, "concurrent ops; 0 = TensorFlow's choice"),
+    "monitoring_config_file": Flag(str, "", "text-format MonitoringConfig"),
+    "enable_batching": Flag(bool, False, "batch requests to the same signature"),
+    "batching_parameters_file": Flag(str, "", "text-format BatchingParameters"),
+    "enable_model_warmup": Flag(bool, True, "replay assets.extra/tf_serving_warmup_requests at load"),
+    "num_request_iterations_for_warmup": Flag(int, 1, "times each warmup record is replayed"),
+    # Not in TF Serving: this server listens on loopback unless told otherwise.
+    "bind_address": Flag(str, "127.0.0.1", "address to listen on (TF Serving's Docker image: 0.0.0.0)"),
+    "rest_api_max_body_bytes": Flag(int, 256 << 20, "largest REST request body accepted"),
+}
+# TF Serving flags this server does not implement: refused, not silently ignored.
+UNSUPPORTED_FLAGS = {
+    "grpc_max_threads", "rest_api_num_threads", "rest_api_enable_cors_support",
+    "enable_per_model_batching_parameters", "num_load_threads", "num_unload_threads", "max_num_load_retries",
+    "load_retry_interval_micros", "flush_filesystem_caches", "tensorflow_session_parallelism",
+    "tensorflow_session_config_file", "use_alts_credentials", "ssl_config_file", "platform_config_file",
+    "per_process_gpu_memory_fraction", "saved_model_tags", "remove_unused_fields_from_bundle_metagraph",
+    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "enable_signature_method_name_check", "xla_cpu_compilation_enabled", "enable_profiler",
+    "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
+    "enable_grpc_healthcheck_service", "use_tflite_model", "version",
+}
+
+
+class FlagError(ValueError):
+    """A command line TF Serving would refuse, or one using a flag we do not implement."""
+
+
+def _parse_value(name, flag, text):
+    if flag.kind is bool:
+        if text is None or text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+        raise FlagError(f"Illegal value '{text}' specified for bool flag '{name}'")
+    if text is None:
+        raise FlagError(f"Missing value for flag '--{name}'")
+    if flag.kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise FlagError(f"Illegal value '{text}' specified for int flag '{name}'") from None
+    return text
+
+
+def parse_flags(argv):
+    """`--flag=value` (or `--flag value`; bare or --noflag for booleans) -> Namespace."""
+    values = {name: flag.default for name, flag in FLAGS.items()}
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("-"):
+            raise FlagError(f"Unexpected argument '{arg}'")
+        name, has_value, text = arg.lstrip("-").partition("=")
+        if name in UNSUPPORTED_FLAGS:
+            raise FlagError(f"--{name} is a TensorFlow Serving flag this server does not support")
+        negated = name.startswith("no") and FLAGS.get(name[2:], Flag(str, "", "")).kind is bool
+        if negated:
+            name = name[2:]
+        if name not in FLAGS:
+            raise FlagError(f"Unknown command line flag '{name}'")
+        flag = FLAGS[name]
+        if negated:
+            values[name] = False
+            continue
+        if not has_value:
+            text = None if flag.kind is bool or not args else args.pop(0)
+        values[name] = _parse_value(name, flag, text)
+    options = argparse.Namespace(**values)
+    if not options.model_base_path and not options.model_config_file:
+        raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if options.model_base_path and options.model_config_file:
+        raise FlagError("Only one of server_options.model_base_path and server_options.model_config_file "
+                        "may be set")
+    if options.batching_parameters_file and not options.enable_batching:
+        raise FlagError("You supplied --batching_parameters_file without --enable_batching")
+    return options
+
+
+def usage():
+    lines = ["usage: python -m model_server [--flag=value ...]", "Flags (as tensorflow_model_server):"]
+    lines += [f"  --{name}={flag.default!r}  {flag.help}" for name, flag in FLAGS.items()]
+    return "\n".join(lines)

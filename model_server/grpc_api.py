@@ -1,0 +1,63 @@
+"""TF Serving's gRPC services (PredictionService, ModelService) over the shared core."""
+
+import grpc
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
+
+from model_server.status import ServingError
+
+# TF Serving accepts messages of any size (a batch of 32 float images is 19 MB).
+UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+
+
+def _serve(call, request, response, context):
+    try:
+        return call(request, response)
+    except ServingError as error:
+        context.abort(error.code, error.message)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core):
+        self.core = core
+
+    def Predict(self, request, context):
+        return _serve(self.core.predict, request, predict_pb2.PredictResponse(), context)
+
+    def Classify(self, request, context):
+        return _serve(self.core.classify, request, classification_pb2.ClassificationResponse(), context)
+
+    def Regress(self, request, context):
+        return _serve(self.core.regress, request, regression_pb2.RegressionResponse(), context)
+
+    def MultiInference(self, request, context):
+        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context)
+
+    def GetModelMetadata(self, request, context):
+        return _serve(self.core.metadata, request, get_model_metadata_pb2.GetModelMetadataResponse(), context)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core, reload_config):
+        self.core = core
+        self.reload_config = reload_config
+
+    def GetModelStatus(self, request, context):
+        return _serve(self.core.status, request, get_model_status_pb2.GetModelStatusResponse(), context)
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.reload_config(request.config)
+        except ServingError as error:
+            response.status.error_code = error.code.value[0]
+            response.status.error_message = error.message
+        return response
+
+
+def make_grpc_server(core, reload_config, executor, channel_arguments=()):
+    server = grpc.server(executor, options=UNLIMITED_MESSAGES + list(channel_arguments))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_config), server)
+    return server

@@ -1,0 +1,131 @@
+"""TF Serving's HTTP/REST API (g3doc/api_rest.md) on aiohttp, over the shared core."""
+
+import asyncio
+import re
+from urllib.parse import unquote
+
+import orjson
+from aiohttp import web
+from google.protobuf import json_format
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_pb2, regression_pb2)
+
+from model_server import json_tensors
+from model_server.status import ServingError, invalid_argument
+
+# TF Serving's own URL grammar (http_rest_api_util.cc).
+PREDICTION_PATH = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
+STATUS_PATH = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def model_spec_from_url(name, version, label):
+    spec = model_pb2.ModelSpec(name=unquote(name or ""))
+    if version:
+        try:
+            spec.version.value = int(version)
+        except ValueError:
+            raise invalid_argument(f"Failed to convert version: {version} to numeric.") from None
+    if label:
+        spec.version_label = unquote(label)
+    return spec
+
+
+def proto_json(message):
+    return json_format.MessageToJson(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True, indent=1)
+
+
+class RestApi:
+    """Maps TF Serving's URLs onto ServingCore calls, off the event loop."""
+
+    def __init__(self, core, executor, max_body_bytes, extra_routes=()):
+        self.core = core
+        self.executor = executor
+        self.max_body_bytes = max_body_bytes
+        self.extra_routes = dict(extra_routes)
+
+    def make_app(self):
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request):
+        path = request.path
+        if path in self.extra_routes and request.method == "GET":
+            return await self.extra_routes[path](request)
+        if request.content_length and request.content_length > self.max_body_bytes:
+            return self._error(invalid_argument(
+                f"Request body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes} bytes"),
+                status=413)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._error(invalid_argument(
+                f"Request body exceeds the limit of {self.max_body_bytes} bytes"), status=413)
+        loop = asyncio.get_running_loop()
+        try:
+            payload = await loop.run_in_executor(self.executor, self.dispatch, request.method, path, body)
+        except ServingError as error:
+            return self._error(error)
+        return web.Response(body=payload, headers=JSON_HEADERS)
+
+    @staticmethod
+    def _error(error, status=None):
+        return web.Response(body=orjson.dumps({"error": error.message}), status=status or error.http_status,
+                            headers=JSON_HEADERS)
+
+    def dispatch(self, method, path, body):
+        """Serve one request; returns the JSON body or raises ServingError."""
+        if method == "POST" and (match := PREDICTION_PATH.fullmatch(path)):
+            name, version, label, verb = match.groups()
+            spec = model_spec_from_url(name, version, label)
+            return getattr(self, verb.lower())(spec, body)
+        if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
+            name, version, label, metadata = match.groups()
+            if not name:
+                raise invalid_argument("Missing model name in request.")
+            spec = model_spec_from_url(name, version, label)
+            return self.metadata(spec) if metadata else self.status(spec)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    def predict(self, spec, body):
+        document, signature_name = json_tensors.parse_json_object(body)
+        with self.core.acquire(spec) as servable:
+            signature = servable.bundle.signature_defs.get(signature_name or "serving_default")
+            if signature is None:
+                raise invalid_argument(f'Serving signature name: "{signature_name or "serving_default"}" '
+                                       "not found in signature def")
+            inputs, request_format = json_tensors.predict_inputs_from_json(document, dict(signature.inputs))
+            outputs = self.core.run_signature(servable, signature_name, inputs)
+        return json_tensors.predict_response_json(outputs, request_format)
+
+    def classify(self, spec, body):
+        document, signature_name = json_tensors.parse_json_object(body)
+        spec.signature_name = signature_name
+        request = classification_pb2.ClassificationRequest(
+            model_spec=spec, input=json_tensors.examples_input_from_json(document, "classify"))
+        response = self.core.classify(request, classification_pb2.ClassificationResponse())
+        return json_tensors.classification_json(response.result)
+
+    def regress(self, spec, body):
+        document, signature_name = json_tensors.parse_json_object(body)
+        spec.signature_name = signature_name
+        request = regression_pb2.RegressionRequest(
+            model_spec=spec, input=json_tensors.examples_input_from_json(document, "regress"))
+        response = self.core.regress(request, regression_pb2.RegressionResponse())
+        return json_tensors.regression_json(response.result)
+
+    def status(self, spec):
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
+        return proto_json(self.core.status(request, get_model_status_pb2.GetModelStatusResponse())).encode()
+
+    def metadata(self, spec):
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+        response = self.core.metadata(request, get_model_metadata_pb2.GetModelMetadataResponse())
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signature_map)
+        return (f'{{\n"model_spec":{proto_json(response.model_spec)},\n'
+                f'"metadata": {{"signature_def": {proto_json(signature_map)}}}\n}}\n').encode()

@@ -10,6 +10,7 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from model_server.json_tensors import dtype_name
 from model_server.manager import AVAILABLE, END, LOADING, START, UNLOADING
 from model_server.status import ServingError, failed_precondition, invalid_argument, not_found
 
@@ -60,6 +61,12 @@ class ServingCore:
             raise invalid_argument(
                 f"Request inputs do not match required inputs for model `{servable.name}`. "
                 f"Send extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+        for index, key in enumerate(sorted(inputs)):
+            expected = tf.dtypes.as_dtype(signature.inputs[key].dtype)
+            given = tf.string if inputs[key].dtype.kind in "OSU" else tf.dtypes.as_dtype(inputs[key].dtype)
+            if given != expected:
+                raise invalid_argument(f"Expects arg[{index}] to be {dtype_name(expected.as_datatype_enum)} but "
+                                       f"{dtype_name(given.as_datatype_enum)} is provided")
         for key in output_filter:
             if key not in signature.outputs:
                 raise invalid_argument(

@@ -49,8 +49,9 @@ class ModelServer:
 
     def initial_config(self):
         if self.options.model_config_file:
+            config = read_model_server_config(self.options.model_config_file)
             self._config_text = Path(self.options.model_config_file).read_text()
-            return read_model_server_config(self.options.model_config_file)
+            return config
         return single_model_config(self.options.model_name, self.options.model_base_path)
 
     def reload_config(self, config):

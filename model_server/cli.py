@@ -97,9 +97,6 @@ def parse_flags(argv):
     options = argparse.Namespace(**values)
     if not options.model_base_path and not options.model_config_file:
         raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
-    if options.model_base_path and options.model_config_file:
-        raise FlagError("Only one of server_options.model_base_path and server_options.model_config_file "
-                        "may be set")
     if options.batching_parameters_file and not options.enable_batching:
         raise FlagError("You supplied --batching_parameters_file without --enable_batching")
     return options

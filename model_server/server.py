@@ -48,6 +48,8 @@ class ModelServer:
         self._config_text = None
 
     def initial_config(self):
+        # As in TF Serving, a config file wins over --model_name/--model_base_path (the Docker
+        # image's entrypoint always passes both).
         if self.options.model_config_file:
             config = read_model_server_config(self.options.model_config_file)
             self._config_text = Path(self.options.model_config_file).read_text()

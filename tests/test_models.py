@@ -45,7 +45,7 @@ def test_failed_tfhub_download_is_clear_and_leaves_no_partial_model(tmp_path):
 
 
 def test_served_names_do_not_pretend_to_be_resnets(offline_models):
-    assert {(m.model_name, m.version) for m in offline_models} == {("efficientnet_lite", 0), ("efficientnet_lite", 1)}
+    assert {(m.model_name, m.version) for m in offline_models} == {("efficientnet_lite", 224), ("efficientnet_lite", 240)}
     assert {(m.model_name, m.version) for m in catalog.CATALOGS["tfhub"]} == {("resnet", 50), ("resnet", 101)}
 
 
@@ -99,7 +99,7 @@ def test_serving_preprocess_matches_python_preprocessing(serving_modules, labels
 ])
 def test_serving_preprocess_rejects_non_images(serving_modules, payload, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        serving_modules[0].predict_labels(tf.constant([payload]))
+        serving_modules[224].predict_labels(tf.constant([payload]))
 
 
 def test_every_export_runs_both_signatures_in_the_tf1_session_loader(exported_models, serving_modules):

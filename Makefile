@@ -34,3 +34,6 @@ jupyter: setup  ## JupyterLab on the lab's kernel
 
 clean:
 	rm -rf build
+
+bench: setup  ## served vs in-process latency ratios on the offline models (last line: JSON)
+	$(PY) -m utils.bench

@@ -1,6 +1,7 @@
 """TF Serving's HTTP/REST API (g3doc/api_rest.md) on aiohttp, over the shared core."""
 
 import asyncio
+import contextlib
 import re
 from urllib.parse import unquote
 
@@ -92,14 +93,20 @@ class RestApi:
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def predict(self, spec, body):
-        document, signature_name = json_tensors.parse_json_object(body)
-        with self.core.acquire(spec) as servable:
-            signature = servable.bundle.signature_defs.get(signature_name or "serving_default")
-            if signature is None:
-                raise invalid_argument(f'Serving signature name: "{signature_name or "serving_default"}" '
-                                       "not found in signature def")
-            inputs, request_format = json_tensors.predict_inputs_from_json(document, dict(signature.inputs))
-            outputs = self.core.run_signature(servable, signature_name, inputs)
+        with contextlib.ExitStack() as stack:
+            servables = []
+
+            def signature_inputs(signature_name):
+                if not servables:
+                    servables.append(stack.enter_context(self.core.acquire(spec)))
+                name = signature_name or "serving_default"
+                signature = servables[0].bundle.signature_defs.get(name)
+                if signature is None:
+                    raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+                return dict(signature.inputs)
+
+            signature_name, inputs, request_format = json_tensors.predict_request_from_json(body, signature_inputs)
+            outputs = self.core.run_signature(servables[0], signature_name, inputs)
         return json_tensors.predict_response_json(outputs, request_format)
 
     def classify(self, spec, body):

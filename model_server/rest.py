@@ -5,6 +5,7 @@ import contextlib
 import re
 from urllib.parse import unquote
 
+import grpc
 import orjson
 from aiohttp import web
 from google.protobuf import json_format
@@ -42,8 +43,9 @@ def proto_json(message):
 class RestApi:
     """Maps TF Serving's URLs onto ServingCore calls, off the event loop."""
 
-    def __init__(self, core, executor, max_body_bytes, extra_routes=()):
+    def __init__(self, core, executor, max_body_bytes, timeout_ms=0, extra_routes=()):
         self.core = core
+        self.timeout_seconds = timeout_ms / 1000 if timeout_ms > 0 else None
         self.executor = executor
         self.max_body_bytes = max_body_bytes
         self.extra_routes = dict(extra_routes)
@@ -67,10 +69,13 @@ class RestApi:
             return self._error(invalid_argument(
                 f"Request body exceeds the limit of {self.max_body_bytes} bytes"), status=413)
         loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.executor, self.dispatch, request.method, path, body)
         try:
-            payload = await loop.run_in_executor(self.executor, self.dispatch, request.method, path, body)
+            payload = await asyncio.wait_for(work, self.timeout_seconds)
         except ServingError as error:
             return self._error(error)
+        except asyncio.TimeoutError:
+            return self._error(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
         return web.Response(body=payload, headers=JSON_HEADERS)
 
     @staticmethod

@@ -103,7 +103,7 @@ class ModelServer:
         log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
         runner = None
         if options.rest_api_port:
-            api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes)
+            api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes, options.rest_api_timeout_in_ms)
             runner = web.AppRunner(api.make_app(), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, options.bind_address, options.rest_api_port).start()

@@ -184,3 +184,23 @@ def test_grpc_over_a_unix_socket(tmp_path):
             request.model_spec.name = "hp"
             status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request)
             assert status.model_version_status[0].version == 123
+
+
+def test_rest_timeout_answers_deadline_exceeded(tmp_path, exported_models):
+    flags = ["--model_name=efficientnet_lite", f"--model_base_path={exported_models / 'efficientnet_lite'}",
+             "--rest_api_timeout_in_ms=1"]
+    with running_server(tmp_path, flags, wait_for=[("efficientnet_lite", [240])]) as (_, rest, _channel):
+        body = {"instances": [[[[0.5] * 3] * 224] * 224] * 8}
+        response = requests.post(f"{rest}/v1/models/efficientnet_lite:predict", json=body)
+        assert response.status_code == 504 and response.json() == {"error": "Deadline Exceeded"}
+
+
+def test_sigint_shuts_down_cleanly(tmp_path):
+    import signal
+
+    base = copy_fixture("saved_model_half_plus_two_cpu", tmp_path)
+    with running_server(tmp_path, ["--model_name=hp", f"--model_base_path={base}"],
+                        wait_for=[("hp", [123])]) as (server, _, _channel):
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(30) == 0
+    assert "Shutting down" in server.log()

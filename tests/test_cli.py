@@ -1,0 +1,44 @@
+"""tensorflow_model_server's flag syntax."""
+
+import pytest
+
+from model_server.cli import FlagError, parse_flags
+
+
+def test_defaults_match_tensorflow_model_server():
+    options = parse_flags(["--model_base_path=/models/m"])
+    assert (options.port, options.rest_api_port, options.model_name) == (8500, 0, "default")
+    assert options.file_system_poll_wait_seconds == 1 and options.enable_model_warmup is True
+    assert options.enable_batching is False and options.bind_address == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv, value", [
+    (["--enable_batching"], True),
+    (["--enable_batching=true"], True),
+    (["--enable_batching=false"], False),
+    (["--noenable_model_warmup"], False),
+])
+def test_boolean_syntax(argv, value):
+    options = parse_flags(["--model_base_path=/m", *argv])
+    flag = argv[0].lstrip("-").split("=")[0].removeprefix("no")
+    assert getattr(options, flag) is value
+
+
+def test_value_may_follow_as_the_next_argument():
+    assert parse_flags(["--model_base_path", "/m", "--port", "9000"]).port == 9000
+
+
+def test_config_file_and_base_path_may_both_be_given_as_the_docker_image_does():
+    options = parse_flags(["--model_base_path=/models/model", "--model_config_file=/configs/models.config"])
+    assert options.model_config_file == "/configs/models.config"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model_base_path=/m", "stray"], "Unexpected argument 'stray'"),
+    (["--model_base_path=/m", "--port"], "Missing value for flag '--port'"),
+    (["--model_base_path=/m", "--enable_batching=perhaps"], "Illegal value 'perhaps' specified for bool flag"),
+    (["--model_base_path=/m", "--use_tflite_model"], "TensorFlow Serving flag this server does not support"),
+])
+def test_flag_errors(argv, message):
+    with pytest.raises(FlagError, match=message):
+        parse_flags(argv)

@@ -97,8 +97,11 @@ def parse_flags(argv):
     options = argparse.Namespace(**values)
     if not options.model_base_path and not options.model_config_file:
         raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if options.port == 0:
+        raise FlagError("server_options.grpc_port is not set.")
     if options.batching_parameters_file and not options.enable_batching:
-        raise FlagError("You supplied --batching_parameters_file without --enable_batching")
+        raise FlagError("server_options.batching_parameters_file is set without setting "
+                        "server_options.enable_batching to true.")
     return options
 
 

@@ -78,15 +78,18 @@ class ModelServer:
         try:
             text = Path(self.options.model_config_file).read_text()
         except OSError as error:
-            log.error("Failed to read model config file %s: %s", self.options.model_config_file, error)
+            log.error("Failed to read ModelServerConfig file: %s", error)
             return
         if text == self._config_text:
             return
         try:
             config = read_model_server_config(self.options.model_config_file)
             self.reload_config(config)
-        except (ConfigError, ServingError) as error:
-            log.error("Failed to reload model config, keeping the previous one: %s", error)
+        except ConfigError as error:
+            log.error("Failed to read ModelServerConfig file: %s", error)
+            return
+        except ServingError as error:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
             return
         finally:
             self._config_text = text
@@ -101,8 +104,13 @@ class ModelServer:
             grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
         grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
+        if options.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
         runner = None
-        if options.rest_api_port:
+        if options.rest_api_port == options.port:
+            log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
+                      "HTTP/REST API. Skipped exporting HTTP/REST API.")
+        elif options.rest_api_port:
             api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes, options.rest_api_timeout_in_ms)
             runner = web.AppRunner(api.make_app(), access_log=None)
             await runner.setup()

@@ -56,7 +56,8 @@ def test_unreadable_model_config_is_refused_at_start(tmp_path):
     (["--model_base_path=/x", "--port=http"], "Illegal value 'http' specified for int flag 'port'"),
     (["--model_base_path=/x", "--enable_model_warmup=maybe"], "Illegal value 'maybe' specified for bool flag"),
     (["--model_base_path=/x", "--batching_parameters_file=b.txt"],
-     "You supplied --batching_parameters_file without --enable_batching"),
+     "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."),
+    (["--model_base_path=/x", "--port=0"], "server_options.grpc_port is not set."),
 ])
 def test_command_line_errors(flags, message):
     code, output = run_server_to_exit(flags)
@@ -91,7 +92,7 @@ def test_config_file_polling_switches_models_and_survives_a_bad_file(tmp_path):
         assert time.monotonic() - started < 5, "the new config is served within a few seconds"
         assert wait_for(lambda: predict(rest, "half_plus_two").status_code == 404, timeout=5)
         config.write_text("model_config_list { this is not a config")
-        assert wait_for(lambda: "Failed to reload model config, keeping the previous one" in server.log())
+        assert wait_for(lambda: "Failed to read ModelServerConfig file: Error parsing text-format" in server.log())
         assert predict(rest, "half_plus_three").json() == {"predictions": [[3.5]]}
 
 

@@ -5,6 +5,8 @@ from numpy around `run_signature`, gRPC converts TensorProtos, so the two
 surfaces resolve models and run signatures in exactly one place.
 """
 
+import time
+
 import numpy as np
 import tensorflow as tf
 from google.protobuf import any_pb2
@@ -21,9 +23,10 @@ STATE_NUMBERS = {START: 10, LOADING: 20, AVAILABLE: 30, UNLOADING: 40, END: 50}
 
 
 class ServingCore:
-    def __init__(self, manager, batcher=None):
+    def __init__(self, manager, batcher=None, metrics=None):
         self.manager = manager
         self.batcher = batcher
+        self.metrics = metrics
 
     # --- model specs -----------------------------------------------------------
 
@@ -72,62 +75,74 @@ class ServingCore:
                 raise invalid_argument(
                     f"output tensor alias not found in signature: {key} Outputs expected to be in the set "
                     f"{{{','.join(sorted(signature.outputs))}}}.")
+        started = time.perf_counter()
         try:
             if self.batcher is not None:
                 return self.batcher.run(servable, name, inputs, tuple(output_filter))
             return servable.bundle.run(name, inputs, output_filter)
         except tf.errors.OpError as error:
             raise ServingError.from_tf_error(error) from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.runtime_latency.labels(servable.name, "Predict", "TF1").observe(
+                    (time.perf_counter() - started) * 1e6)
 
     def predict(self, request, response):
         """PredictionService.Predict on TF Serving's protos."""
         with self.acquire(request.model_spec) as servable:
-            inputs = {}
-            for key, proto in request.inputs.items():
-                try:
-                    inputs[key] = tf.make_ndarray(proto)
-                except (TypeError, ValueError):
-                    raise invalid_argument(f"tensor parsing error: {key}") from None
-            outputs = self.run_signature(servable, request.model_spec.signature_name, inputs,
-                                         tuple(request.output_filter))
-            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+            return self.predict_on(servable, request, response)
+
+    def classify(self, request, response):
+        with self.acquire(request.model_spec) as servable:
+            return self.classify_on(servable, request, response)
+
+    def regress(self, request, response):
+        with self.acquire(request.model_spec) as servable:
+            return self.regress_on(servable, request, response)
+
+    def multi_inference(self, request, response):
+        check_multi_inference_tasks(request)
+        with self.acquire(request.tasks[0].model_spec) as servable:
+            return self.multi_inference_on(servable, request, response)
+
+    # The *_on methods run a request on a version already in hand (requests, and warmup
+    # replay, which runs before the version is available to requests).
+
+    def predict_on(self, servable, request, response):
+        inputs = {}
+        for key, proto in request.inputs.items():
+            try:
+                inputs[key] = tf.make_ndarray(proto)
+            except (TypeError, ValueError):
+                raise invalid_argument(f"tensor parsing error: {key}") from None
+        outputs = self.run_signature(servable, request.model_spec.signature_name, inputs,
+                                     tuple(request.output_filter))
+        self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response
 
-    def classify(self, request, response):
-        with self.acquire(request.model_spec) as servable:
-            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-            self._classify(servable, request.model_spec.signature_name, request.input, response.result)
+    def classify_on(self, servable, request, response):
+        self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        self._classify(servable, request.model_spec.signature_name, request.input, response.result)
         return response
 
-    def regress(self, request, response):
-        with self.acquire(request.model_spec) as servable:
-            self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-            self._regress(servable, request.model_spec.signature_name, request.input, response.result)
+    def regress_on(self, servable, request, response):
+        self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
+        self._regress(servable, request.model_spec.signature_name, request.input, response.result)
         return response
 
-    def multi_inference(self, request, response):
-        if not request.tasks:
-            raise invalid_argument("Signature names should be specified for all tasks.")
-        names = {task.model_spec.name for task in request.tasks}
-        if len(names) != 1:
-            raise invalid_argument("Must specify the same model name across all tasks.")
-        signatures = [task.model_spec.signature_name for task in request.tasks]
-        if len(set(signatures)) != len(signatures):
-            raise invalid_argument(f"Duplicate evaluation of signature: {signatures[0]}")
-        with self.acquire(request.tasks[0].model_spec) as servable:
-            for task in request.tasks:
-                result = response.results.add()
-                self._fill_spec(result.model_spec, servable, task.model_spec.signature_name)
-                if task.method_name == CLASSIFY_METHOD:
-                    self._classify(servable, task.model_spec.signature_name, request.input,
-                                   result.classification_result)
-                elif task.method_name == REGRESS_METHOD:
-                    self._regress(servable, task.model_spec.signature_name, request.input,
-                                  result.regression_result)
-                else:
-                    raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
+    def multi_inference_on(self, servable, request, response):
+        check_multi_inference_tasks(request)
+        for task in request.tasks:
+            result = response.results.add()
+            self._fill_spec(result.model_spec, servable, task.model_spec.signature_name)
+            if task.method_name == CLASSIFY_METHOD:
+                self._classify(servable, task.model_spec.signature_name, request.input, result.classification_result)
+            elif task.method_name == REGRESS_METHOD:
+                self._regress(servable, task.model_spec.signature_name, request.input, result.regression_result)
+            else:
+                raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
         return response
 
     def _examples_input(self, servable, signature_name, input_proto):
@@ -215,6 +230,17 @@ class ServingCore:
                 status.status.error_code = servable.error.code.value[0]
                 status.status.error_message = servable.error.message
         return response
+
+
+def check_multi_inference_tasks(request):
+    """TF Serving's checks on MultiInference tasks, made before any model is resolved."""
+    if not request.tasks:
+        raise invalid_argument("Signature names should be specified for all tasks.")
+    if len({task.model_spec.name for task in request.tasks}) != 1:
+        raise invalid_argument("Must specify the same model name across all tasks.")
+    signatures = [task.model_spec.signature_name for task in request.tasks]
+    if len(set(signatures)) != len(signatures):
+        raise invalid_argument(f"Duplicate evaluation of signature: {signatures[0]}")
 
 
 def serialized_examples(input_proto):

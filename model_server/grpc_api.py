@@ -1,5 +1,7 @@
 """TF Serving's gRPC services (PredictionService, ModelService) over the shared core."""
 
+import time
+
 import grpc
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
@@ -11,28 +13,39 @@ from model_server.status import ServingError
 UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
-def _serve(call, request, response, context):
+def _serve(call, request, response, context, metrics=None, api=None):
+    started = time.perf_counter()
+    status = "OK"
     try:
         return call(request, response)
     except ServingError as error:
+        status = error.code.name
         context.abort(error.code, error.message)
+    finally:
+        if metrics is not None and api is not None:
+            spec = request.tasks[0].model_spec if api == "MultiInference" and request.tasks else request.model_spec
+            metrics.record_request(spec.name, api, "GRPC", status, time.perf_counter() - started)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core):
+    def __init__(self, core, metrics=None):
         self.core = core
+        self.metrics = metrics
 
     def Predict(self, request, context):
-        return _serve(self.core.predict, request, predict_pb2.PredictResponse(), context)
+        return _serve(self.core.predict, request, predict_pb2.PredictResponse(), context, self.metrics, "Predict")
 
     def Classify(self, request, context):
-        return _serve(self.core.classify, request, classification_pb2.ClassificationResponse(), context)
+        return _serve(self.core.classify, request, classification_pb2.ClassificationResponse(), context,
+                      self.metrics, "Classify")
 
     def Regress(self, request, context):
-        return _serve(self.core.regress, request, regression_pb2.RegressionResponse(), context)
+        return _serve(self.core.regress, request, regression_pb2.RegressionResponse(), context,
+                      self.metrics, "Regress")
 
     def MultiInference(self, request, context):
-        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context)
+        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context,
+                      self.metrics, "MultiInference")
 
     def GetModelMetadata(self, request, context):
         return _serve(self.core.metadata, request, get_model_metadata_pb2.GetModelMetadataResponse(), context)
@@ -56,8 +69,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def make_grpc_server(core, reload_config, executor, channel_arguments=()):
+def make_grpc_server(core, reload_config, executor, channel_arguments=(), metrics=None):
     server = grpc.server(executor, options=UNLIMITED_MESSAGES + list(channel_arguments))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_config), server)
     return server

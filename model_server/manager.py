@@ -6,6 +6,7 @@ one is unloaded, and an unloading version waits for the requests that hold it.
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -51,8 +52,10 @@ class ServableHandle:
 class ModelManager:
     """The served models: {name: {version: ServableVersion}} plus version labels."""
 
-    def __init__(self, load_bundle, allow_version_labels_for_unavailable_models=False, on_loaded=None):
+    def __init__(self, load_bundle, allow_version_labels_for_unavailable_models=False, on_loaded=None,
+                 metrics=None):
         self._load_bundle = load_bundle
+        self._metrics = metrics
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._on_loaded = on_loaded or (lambda servable: None)
         self._lock = threading.RLock()
@@ -114,7 +117,11 @@ class ModelManager:
             servable.state = LOADING
         log.info("Loading servable: {name: %s version: %d}", servable.name, servable.version)
         try:
-            servable.bundle = self._load_bundle(servable.path)
+            started = time.perf_counter()
+            try:
+                servable.bundle = self._load_bundle(servable.path)
+            finally:
+                self._record_load(servable, started)
             self._on_loaded(servable)
         except tf.errors.OpError as error:
             servable.error = ServingError.from_tf_error(error)
@@ -132,6 +139,14 @@ class ModelManager:
         with self._lock:
             servable.state = AVAILABLE
         log.info("Successfully loaded servable version {name: %s version: %d}", servable.name, servable.version)
+
+    def _record_load(self, servable, started):
+        if self._metrics is None:
+            return
+        status = "success" if servable.bundle is not None else "fail"
+        self._metrics.load_attempt_count.inc((servable.path, status))
+        if servable.bundle is not None:
+            self._metrics.load_latency.inc((servable.path,), (time.perf_counter() - started) * 1e6)
 
     def _unload(self, servable):
         with self._lock:

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import re
+import time
 from urllib.parse import unquote
 
 import grpc
@@ -21,6 +22,7 @@ PREDICTION_PATH = re.compile(
 STATUS_PATH = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 JSON_HEADERS = {"Content-Type": "application/json"}
+API_NAMES = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 
 
 def model_spec_from_url(name, version, label):
@@ -43,8 +45,9 @@ def proto_json(message):
 class RestApi:
     """Maps TF Serving's URLs onto ServingCore calls, off the event loop."""
 
-    def __init__(self, core, executor, max_body_bytes, timeout_ms=0, extra_routes=()):
+    def __init__(self, core, executor, max_body_bytes, timeout_ms=0, extra_routes=(), metrics=None):
         self.core = core
+        self.metrics = metrics
         self.timeout_seconds = timeout_ms / 1000 if timeout_ms > 0 else None
         self.executor = executor
         self.max_body_bytes = max_body_bytes
@@ -69,14 +72,27 @@ class RestApi:
             return self._error(invalid_argument(
                 f"Request body exceeds the limit of {self.max_body_bytes} bytes"), status=413)
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         work = loop.run_in_executor(self.executor, self.dispatch, request.method, path, body)
+        error = None
         try:
             payload = await asyncio.wait_for(work, self.timeout_seconds)
-        except ServingError as error:
-            return self._error(error)
+        except ServingError as raised:
+            error = raised
         except asyncio.TimeoutError:
-            return self._error(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+            error = ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self._record(request.method, path, error, time.perf_counter() - started)
+        if error is not None:
+            return self._error(error)
         return web.Response(body=payload, headers=JSON_HEADERS)
+
+    def _record(self, method, path, error, seconds):
+        """request_count and request_latency for predict, classify and regress, as TF Serving records them."""
+        match = PREDICTION_PATH.fullmatch(path) if method == "POST" else None
+        if self.metrics is not None and match:
+            status = "OK" if error is None else error.code.name
+            self.metrics.record_request(unquote(match.group(1)), API_NAMES[match.group(4).lower()], "REST", status,
+                                        seconds)
 
     @staticmethod
     def _error(error, status=None):

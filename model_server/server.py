@@ -11,17 +11,39 @@ from pathlib import Path
 
 from aiohttp import web
 
+from google.protobuf import text_format
+
+from model_server.batching import BatchingOptions, BatchScheduler
 from model_server.bundle import SavedModelBundle
 from model_server.cli import FlagError, parse_flags, usage
 from model_server.config import ConfigError, read_model_server_config, single_model_config
 from model_server.core import ServingCore
 from model_server.grpc_api import make_grpc_server
 from model_server.manager import ModelManager
+from model_server.metrics import CONTENT_TYPE, ServerMetrics
+from model_server.protos import BatchingParameters, MonitoringConfig
 from model_server.rest import RestApi
 from model_server.status import ServingError
+from model_server.warmup import run_warmup
 
 log = logging.getLogger("model_server")
-WORKER_THREADS = 16
+# Request threads shared by gRPC and REST: enough for every client of a batching benchmark to
+# wait in a batch at once (TF Serving's gRPC server also runs many threads).
+WORKER_THREADS = 64
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+def read_proto_text_file(path, message_class):
+    """TF Serving's ParseProtoTextFile: a readable, parseable text proto, or ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"Could not read {path}: {error.strerror}") from None
+    try:
+        return text_format.Parse(text, message_class())
+    except text_format.ParseError as error:
+        log.error("Error parsing text-format %s: %s", message_class.DESCRIPTOR.full_name, error)
+        raise ConfigError(f"Invalid protobuf file: '{path}'") from None
 
 
 def parse_channel_arguments(text):
@@ -39,13 +61,33 @@ class ModelServer:
     def __init__(self, options):
         self.options = options
         self.stopping = threading.Event()
+        self.metrics = ServerMetrics()
+        self.monitoring = MonitoringConfig()
+        if options.monitoring_config_file:
+            self.monitoring = read_proto_text_file(options.monitoring_config_file, MonitoringConfig)
+        self.batcher = None
+        if options.enable_batching:
+            parameters = BatchingParameters()
+            if options.batching_parameters_file:
+                parameters = read_proto_text_file(options.batching_parameters_file, BatchingParameters)
+            else:
+                parameters.thread_pool_name.value = "model_server_batch_threads"
+            self.batcher = BatchScheduler(BatchingOptions.from_proto(parameters), self.metrics)
         self.manager = ModelManager(
             partial(SavedModelBundle, intra_op_threads=options.tensorflow_intra_op_parallelism,
                     inter_op_threads=options.tensorflow_inter_op_parallelism),
-            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models)
-        self.core = ServingCore(self.manager)
+            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+            on_loaded=self._warm_up, metrics=self.metrics)
+        self.core = ServingCore(self.manager, self.batcher, self.metrics)
         self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="serving")
         self._config_text = None
+
+    def _warm_up(self, servable):
+        if self.options.enable_model_warmup:
+            run_warmup(self.core, servable, self.options.num_request_iterations_for_warmup, self.metrics)
+
+    async def _prometheus(self, request):
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     def initial_config(self):
         # As in TF Serving, a config file wins over --model_name/--model_base_path (the Docker
@@ -98,7 +140,7 @@ class ModelServer:
     async def serve(self):
         options = self.options
         grpc_server = make_grpc_server(self.core, self.reload_config, self.executor,
-                                       parse_channel_arguments(options.grpc_channel_arguments))
+                                       parse_channel_arguments(options.grpc_channel_arguments), self.metrics)
         grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
         if options.grpc_socket_path:
             grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
@@ -111,7 +153,10 @@ class ModelServer:
             log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
                       "HTTP/REST API. Skipped exporting HTTP/REST API.")
         elif options.rest_api_port:
-            api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes, options.rest_api_timeout_in_ms)
+            prometheus = self.monitoring.prometheus_config
+            extra_routes = {prometheus.path or DEFAULT_PROMETHEUS_PATH: self._prometheus} if prometheus.enable else {}
+            api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes, options.rest_api_timeout_in_ms,
+                          extra_routes, self.metrics)
             runner = web.AppRunner(api.make_app(), access_log=None)
             await runner.setup()
             await web.TCPSite(runner, options.bind_address, options.rest_api_port).start()
@@ -130,6 +175,8 @@ class ModelServer:
         grpc_server.stop(grace=5).wait()
         poller.join()
         self.manager.close()
+        if self.batcher is not None:
+            self.batcher.close()
         self.executor.shutdown()
 
 
@@ -138,20 +185,22 @@ def main(argv=None):
                         format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S")
     try:
         options = parse_flags(sys.argv[1:] if argv is None else argv)
-        for flag in ("enable_batching", "monitoring_config_file"):
-            if getattr(options, flag):
-                raise FlagError(f"--{flag} is not implemented by this server yet")
     except FlagError as error:
         print(f"ERROR: {error}\n{usage()}", file=sys.stderr)
         return 1
-    server = ModelServer(options)
+    try:
+        server = ModelServer(options)
+    except (ConfigError, ServingError) as error:
+        log.error("%s", error)
+        return 1
     try:
         server.manager.apply_config(server.initial_config())
-    except (ConfigError, OSError) as error:
+    except ConfigError as error:
         log.error("%s", error)
         return 1
     except ServingError as error:
         log.error("Error while loading models: %s", error.message)
+        server.manager.close()
         return 1
     asyncio.run(server.serve())
     return 0

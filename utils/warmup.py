@@ -1,0 +1,53 @@
+"""Warmup records for TF Serving: `<version>/assets.extra/tf_serving_warmup_requests` (notebook 06)."""
+
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from utils.errors import LabError
+from utils.images import load_batch, read_image_bytes
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving refuses to load a version with more
+
+
+def lab_warmup_requests(model_name, image_paths):
+    """One PredictRequest per signature and image: the requests the lab's clients send."""
+    requests = []
+    for path in image_paths:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = "serving_preprocess"
+        request.inputs["raw_images"].CopyFrom(tf.make_tensor_proto([read_image_bytes(path)]))
+        requests.append(request)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = "serving_default"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(load_batch([path]).numpy()))
+        requests.append(request)
+    return requests
+
+
+def write_warmup_requests(export_dir, requests):
+    """Write PredictionLogs of `requests` (Predict, Classify, Regress or MultiInference) as a TFRecord file."""
+    if len(requests) > MAX_WARMUP_RECORDS:
+        raise LabError(f"{len(requests)} warmup records: TF Serving accepts at most {MAX_WARMUP_RECORDS}.")
+    path = Path(export_dir) / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for request in requests:
+            writer.write(prediction_log(request).SerializeToString())
+    return path
+
+
+def prediction_log(request):
+    """Wrap a request in the PredictionLog field that matches its type."""
+    kinds = {"PredictRequest": "predict_log", "ClassificationRequest": "classify_log",
+             "RegressionRequest": "regress_log", "MultiInferenceRequest": "multi_inference_log"}
+    kind = kinds.get(type(request).__name__)
+    if kind is None:
+        raise LabError(f"No PredictionLog type for {type(request).__name__}.")
+    log = prediction_log_pb2.PredictionLog()
+    getattr(log, kind).request.CopyFrom(request)
+    return log

@@ -315,3 +315,17 @@ def test_server_batches_rest_and_grpc_together_with_equal_results(tmp_path):
     rows = metrics[(":tensorflow:serving:batching_session:input_batch_size_sum", pool)]
     assert rows == 24 and batches < 12, "REST and gRPC requests were merged into fewer session runs"
     assert (":tensorflow:serving:batching_session:queuing_latency_count", pool) in metrics
+
+
+def test_load_generator_counts_failures_apart_from_timings():
+    from utils.loadgen import run_load
+
+    calls = iter(range(10))
+
+    def flaky():
+        if next(calls) % 3 == 0:
+            raise RuntimeError("HTTP 503: queue full")
+
+    result = run_load(flaky, 10, concurrency=1)
+    assert (result.sent, result.failures, len(result.latencies)) == (10, 4, 6)
+    assert result.summary()["failed"] == 4 and result.throughput > 0

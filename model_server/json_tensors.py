@@ -211,7 +211,7 @@ def _from_instances(instances, input_infos):
     for index, item in enumerate(instances):
         if not _is_named_object(item):
             raise invalid_argument(f"Expecting object but got list at item {index} of input list")
-        for name, value in item.items():
+        for name in item:
             if name not in input_infos:
                 raise invalid_argument(f"Failed to process element: {index} key: {name} of 'instances' list. "
                                        f"Error: INVALID_ARGUMENT: JSON object: does not have named input: {name}")

@@ -12,7 +12,6 @@ nbval to execute and compare against the committed outputs.
 
 import argparse
 import sys
-from pathlib import Path
 
 import nbformat
 import papermill

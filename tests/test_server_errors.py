@@ -1,6 +1,5 @@
 """TF Serving's error table: codes, HTTP statuses and messages; malformed bodies never 5xx."""
 
-import json
 import random
 
 import grpc

@@ -2,7 +2,6 @@
 
 import json
 
-import grpc
 import numpy as np
 import pytest
 import requests

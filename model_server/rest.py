@@ -131,20 +131,21 @@ class RestApi:
         return json_tensors.predict_response_json(outputs, request_format)
 
     def classify(self, spec, body):
-        document, signature_name = json_tensors.parse_json_object(body)
-        spec.signature_name = signature_name
-        request = classification_pb2.ClassificationRequest(
-            model_spec=spec, input=json_tensors.examples_input_from_json(document, "classify"))
+        request = self._examples_request(spec, body, "classify", classification_pb2.ClassificationRequest)
         response = self.core.classify(request, classification_pb2.ClassificationResponse())
         return json_tensors.classification_json(response.result)
 
     def regress(self, spec, body):
-        document, signature_name = json_tensors.parse_json_object(body)
-        spec.signature_name = signature_name
-        request = regression_pb2.RegressionRequest(
-            model_spec=spec, input=json_tensors.examples_input_from_json(document, "regress"))
+        request = self._examples_request(spec, body, "regress", regression_pb2.RegressionRequest)
         response = self.core.regress(request, regression_pb2.RegressionResponse())
         return json_tensors.regression_json(response.result)
+
+    @staticmethod
+    def _examples_request(spec, body, method, request_class):
+        """A Classification/RegressionRequest from a body with `examples` (and `context`)."""
+        document, signature_name = json_tensors.parse_json_object(body)
+        spec.signature_name = signature_name
+        return request_class(model_spec=spec, input=json_tensors.examples_input_from_json(document, method))
 
     def status(self, spec):
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)

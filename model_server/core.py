@@ -133,7 +133,7 @@ class ServingCore:
         return response
 
     def multi_inference_on(self, servable, request, response):
-        check_multi_inference_tasks(request)
+        """Callers check the tasks first (check_multi_inference_tasks)."""
         for task in request.tasks:
             result = response.results.add()
             self._fill_spec(result.model_spec, servable, task.model_spec.signature_name)
@@ -160,17 +160,16 @@ class ServingCore:
             raise invalid_argument(
                 "Expected classification signature outputs to contain at least one of classes or scores.")
         outputs = self.run_signature(servable, name, inputs)
-        classes, scores = outputs.get("classes"), outputs.get("scores")
         rows = len(inputs[next(iter(inputs))])
+        classes, scores = (outputs[key].reshape(rows, -1) if key in outputs else None for key in ("classes", "scores"))
         for i in range(rows):
             classifications = result.classifications.add()
-            count = (classes if classes is not None else scores).reshape(rows, -1).shape[1]
-            for j in range(count):
+            for j in range((classes if classes is not None else scores).shape[1]):
                 item = classifications.classes.add()
                 if classes is not None:
-                    item.label = classes.reshape(rows, -1)[i, j].decode()
+                    item.label = classes[i, j].decode()
                 if scores is not None:
-                    item.score = float(scores.reshape(rows, -1)[i, j])
+                    item.score = float(scores[i, j])
 
     def _regress(self, servable, signature_name, input_proto, result):
         name, signature, inputs = self._examples_input(servable, signature_name, input_proto)
@@ -211,15 +210,16 @@ class ServingCore:
             raise invalid_argument("ModelSpec has no name specified.")
         versions = self.manager.version_states(spec.name)
         choice = spec.WhichOneof("version_choice")
+        wanted = None
         if choice == "version_label":
             wanted = self.manager.version_for_label(spec.name, spec.version_label)
-            choice, versions = "version", {v: s for v, s in versions.items() if v == wanted}
         elif choice == "version":
-            versions = {v: s for v, s in versions.items() if v == spec.version.value}
+            wanted = spec.version.value
+        if wanted is not None:
+            versions = {v: s for v, s in versions.items() if v == wanted}
+            if not versions:
+                raise not_found(f"Could not find version {wanted} of model {spec.name}")
         if not versions:
-            if choice == "version":
-                version = spec.version.value if spec.WhichOneof("version_choice") == "version" else wanted
-                raise not_found(f"Could not find version {version} of model {spec.name}")
             raise not_found(f"Could not find any versions of model {spec.name}")
         for version, servable in sorted(versions.items(), reverse=True):
             status = response.model_version_status.add()

@@ -125,9 +125,10 @@ class ModelManager:
             self._on_loaded(servable)
         except tf.errors.OpError as error:
             servable.error = ServingError.from_tf_error(error)
-        except (OSError, ValueError, ServingError) as error:
-            servable.error = error if isinstance(error, ServingError) else ServingError(
-                grpc.StatusCode.UNKNOWN, str(error))
+        except ServingError as error:  # warmup failed
+            servable.error = error
+        except (OSError, ValueError) as error:
+            servable.error = ServingError(grpc.StatusCode.UNKNOWN, str(error))
         if servable.error is not None:
             if servable.bundle is not None:
                 servable.bundle.close()

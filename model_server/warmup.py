@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import (classification_pb2, inference_pb2, predict_pb2, prediction_log_pb2,
                                      regression_pb2)
 
+from model_server.core import check_multi_inference_tasks
 from model_server.status import ServingError, invalid_argument
 
 log = logging.getLogger("model_server")
@@ -32,6 +33,7 @@ def _replay(core, servable, prediction_log):
     elif kind == "regress_log":
         core.regress_on(servable, prediction_log.regress_log.request, regression_pb2.RegressionResponse())
     elif kind == "multi_inference_log":
+        check_multi_inference_tasks(prediction_log.multi_inference_log.request)
         core.multi_inference_on(servable, prediction_log.multi_inference_log.request,
                                 inference_pb2.MultiInferenceResponse())
     else:

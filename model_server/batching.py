@@ -77,7 +77,6 @@ class _Task:
 class _Batch:
     tasks: list = field(default_factory=list)
     size: int = 0
-    opened: float = field(default_factory=time.perf_counter)
 
 
 def _concat(arrays, pad):
@@ -95,7 +94,11 @@ def _concat(arrays, pad):
 
 
 class BatchScheduler:
-    """One queue per (version, signature, inputs, outputs), served by a shared pool of batch threads."""
+    """One queue per (model, version, signature, inputs, outputs), served by a shared pool of batch threads.
+
+    A version is unloaded only once its queued tasks are done (they hold it), so a reloaded
+    version with the same name and number never shares a queue with its predecessor.
+    """
 
     def __init__(self, options, metrics=None):
         self.options = options
@@ -109,6 +112,12 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def enqueued_tasks(self):
+        """How many requests wait in a queue for their batch to run."""
+        with self._condition:
+            return sum(len(batch.tasks) for batches in self._queues.values() for batch in batches)
+
     def run(self, servable, signature_name, inputs, output_filter=()):
         """Enqueue one request's inputs and wait for its share of a batch's outputs."""
         sizes = {value.shape[0] if value.ndim else None for value in inputs.values()}
@@ -118,7 +127,7 @@ class BatchScheduler:
         if size > self.options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{self.options.max_batch_size}")
-        key = (id(servable), signature_name, tuple(sorted(inputs)), tuple(output_filter))
+        key = (servable.name, servable.version, signature_name, tuple(sorted(inputs)), tuple(output_filter))
         task = _Task(inputs, size)
         with self._condition:
             batches = self._queues.setdefault(key, [])

@@ -10,8 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-SERVING_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
+SERVING_TAG = tf.saved_model.SERVING
 
 
 class SavedModelBundle:

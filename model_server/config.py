@@ -1,5 +1,6 @@
 """Model server configuration: TF Serving's ModelServerConfig and version policies."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -7,31 +8,39 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 
+log = logging.getLogger("model_server")
+
+
 class ConfigError(ValueError):
     """A configuration file TF Serving would refuse."""
 
 
-def parse_model_server_config(text):
-    """Parse text-format ModelServerConfig, failing with TF Serving's message."""
-    config = model_server_config_pb2.ModelServerConfig()
+def read_proto_text_file(path, message_class, description):
+    """TF Serving's ParseProtoTextFile: the message in a text-format file, or ConfigError.
+
+    As in TF Serving, protobuf's parser logs "Error parsing text-format <type>: <where>" and
+    the error itself says "Invalid protobuf file".
+    """
     try:
-        text_format.Parse(text, config)
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"Could not read {description} {path}: {error.strerror}") from None
+    try:
+        return text_format.Parse(text, message_class())
     except text_format.ParseError as error:
-        raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {error}") from None
+        log.error("Error parsing text-format %s: %s", message_class.DESCRIPTOR.full_name, error)
+        raise ConfigError(f"Invalid protobuf file: '{path}'") from None
+
+
+def read_model_server_config(path):
+    """A --model_config_file's ModelServerConfig, with what this server cannot serve refused."""
+    config = read_proto_text_file(path, model_server_config_pb2.ModelServerConfig, "model config file")
     if config.WhichOneof("config") == "custom_model_config":
         raise ConfigError("ModelServerConfig.custom_model_config is not supported by this server")
     for model in config.model_config_list.config:
         if model.model_platform not in ("", "tensorflow"):
             raise ConfigError(f"Model {model.name}: model_platform {model.model_platform!r} is not supported")
     return config
-
-
-def read_model_server_config(path):
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"Could not read model config file {path}: {error.strerror}") from None
-    return parse_model_server_config(text)
 
 
 def single_model_config(model_name, model_base_path):

@@ -12,11 +12,11 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from model_server.json_tensors import dtype_name
 from model_server.manager import AVAILABLE, END, LOADING, START, UNLOADING
 from model_server.status import ServingError, failed_precondition, invalid_argument, not_found
+from model_server.tensors import dtype_name
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 STATE_NUMBERS = {START: 10, LOADING: 20, AVAILABLE: 30, UNLOADING: 40, END: 50}

@@ -9,8 +9,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from model_server.status import ServingError
 
-# TF Serving accepts messages of any size (a batch of 32 float images is 19 MB).
-UNLIMITED_MESSAGES = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+# TF Serving lifts gRPC's 4 MB default message size (a batch of 32 float images is 19 MB); so do the
+# lab's clients, with these same options.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
 def _serve(call, request, response, context, metrics=None, api=None):
@@ -70,7 +71,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def make_grpc_server(core, reload_config, executor, channel_arguments=(), metrics=None):
-    server = grpc.server(executor, options=UNLIMITED_MESSAGES + list(channel_arguments))
+    server = grpc.server(executor, options=CHANNEL_OPTIONS + list(channel_arguments))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_config), server)
     return server

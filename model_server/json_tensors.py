@@ -10,21 +10,16 @@ import binascii
 
 import numpy as np
 import orjson
-import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import input_pb2
 
 from model_server.status import ServingError, invalid_argument, unimplemented
+from model_server.tensors import dtype_name
 
 FLOAT_TYPES = {types_pb2.DT_FLOAT: np.float32, types_pb2.DT_DOUBLE: np.float64, types_pb2.DT_HALF: np.float16}
 INT_TYPES = {types_pb2.DT_INT32: np.int32, types_pb2.DT_INT16: np.int16, types_pb2.DT_INT8: np.int8,
              types_pb2.DT_UINT8: np.uint8, types_pb2.DT_INT64: np.int64, types_pb2.DT_UINT32: np.uint32,
              types_pb2.DT_UINT64: np.uint64}
-
-
-def dtype_name(dtype):
-    """TensorFlow's DataTypeString: 'float', 'double', 'int32', 'string', ..."""
-    return {types_pb2.DT_FLOAT: "float", types_pb2.DT_DOUBLE: "double"}.get(dtype, tf.dtypes.as_dtype(dtype).name)
 
 
 def to_json_text(value):

@@ -66,10 +66,6 @@ class ModelManager:
 
     # --- configuration -------------------------------------------------------
 
-    @property
-    def config(self):
-        return self._config
-
     def apply_config(self, config):
         """Serve exactly the models in `config` (a ModelServerConfig). Raises ServingError."""
         with self._reconcile_lock:
@@ -103,8 +99,8 @@ class ModelManager:
         aspired = aspired_versions(model, on_disk)
         with self._lock:
             current = self._versions.setdefault(model.name, {})
-            to_load = [v for v in sorted(aspired) if v not in current or current[v].state == END and
-                       current[v].error is None]
+            to_load = [v for v in sorted(aspired)
+                       if v not in current or (current[v].state == END and current[v].error is None)]
             to_unload = [s for v, s in current.items() if v not in aspired and s.state == AVAILABLE]
         for version in to_load:  # load first: availability-preserving
             self._load(ServableVersion(model.name, version, str(on_disk[version])))

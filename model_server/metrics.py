@@ -9,7 +9,7 @@ them that way; histograms are prometheus_client's own.
 import threading
 from collections import defaultdict
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import Metric
 
 # TF Serving's latency histograms: scale 10, power 1.8, 33 buckets (microseconds).
@@ -31,10 +31,6 @@ class TfServingCounter:
         with self._lock:
             self._values[tuple(labels)] += amount
 
-    def value(self, labels):
-        with self._lock:
-            return self._values.get(tuple(labels), 0.0)
-
     def collect(self):
         family = Metric(self.name, self.documentation, "counter")
         with self._lock:
@@ -43,11 +39,22 @@ class TfServingCounter:
         yield family
 
 
+class _WithoutCreated:
+    """A registry's metrics without prometheus_client's `_created` samples, which TF Serving has not."""
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
+
+
 class ServerMetrics:
     """Every metric the server records, in one registry."""
 
     def __init__(self):
-        disable_created_metrics()  # TF Serving has no `_created` series
         self.registry = CollectorRegistry(auto_describe=False)
 
         def histogram(name, documentation, labelnames, buckets=LATENCY_BUCKETS_MICROS):
@@ -88,7 +95,7 @@ class ServerMetrics:
 
     def exposition(self):
         """Prometheus text format; counters' HELP/TYPE lines named as TF Serving names them."""
-        text = generate_latest(self.registry).decode()
+        text = generate_latest(_WithoutCreated(self.registry)).decode()
         for counter in (self.request_count, self.load_attempt_count, self.load_latency):
             for line in ("# HELP", "# TYPE"):
                 text = text.replace(f"{line} {counter.name}_total ", f"{line} {counter.name} ")

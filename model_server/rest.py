@@ -14,6 +14,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_pb2, regression_pb2)
 
 from model_server import json_tensors
+from model_server.core import DEFAULT_SIGNATURE
 from model_server.status import ServingError, invalid_argument
 
 # TF Serving's own URL grammar (http_rest_api_util.cc).
@@ -120,7 +121,7 @@ class RestApi:
             def signature_inputs(signature_name):
                 if not servables:
                     servables.append(stack.enter_context(self.core.acquire(spec)))
-                name = signature_name or "serving_default"
+                name = signature_name or DEFAULT_SIGNATURE
                 signature = servables[0].bundle.signature_defs.get(name)
                 if signature is None:
                     raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')

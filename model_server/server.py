@@ -11,12 +11,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from google.protobuf import text_format
-
-from model_server.batching import BatchingOptions, BatchScheduler
+from model_server.batching import THREAD_POOL_NAME, BatchingOptions, BatchScheduler
 from model_server.bundle import SavedModelBundle
 from model_server.cli import FlagError, parse_flags, usage
-from model_server.config import ConfigError, read_model_server_config, single_model_config
+from model_server.config import ConfigError, read_model_server_config, read_proto_text_file, single_model_config
 from model_server.core import ServingCore
 from model_server.grpc_api import make_grpc_server
 from model_server.manager import ModelManager
@@ -31,19 +29,6 @@ log = logging.getLogger("model_server")
 # wait in a batch at once (TF Serving's gRPC server also runs many threads).
 WORKER_THREADS = 64
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
-
-
-def read_proto_text_file(path, message_class):
-    """TF Serving's ParseProtoTextFile: a readable, parseable text proto, or ConfigError."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"Could not read {path}: {error.strerror}") from None
-    try:
-        return text_format.Parse(text, message_class())
-    except text_format.ParseError as error:
-        log.error("Error parsing text-format %s: %s", message_class.DESCRIPTOR.full_name, error)
-        raise ConfigError(f"Invalid protobuf file: '{path}'") from None
 
 
 def parse_channel_arguments(text):
@@ -64,14 +49,16 @@ class ModelServer:
         self.metrics = ServerMetrics()
         self.monitoring = MonitoringConfig()
         if options.monitoring_config_file:
-            self.monitoring = read_proto_text_file(options.monitoring_config_file, MonitoringConfig)
+            self.monitoring = read_proto_text_file(options.monitoring_config_file, MonitoringConfig,
+                                                       "monitoring config file")
         self.batcher = None
         if options.enable_batching:
             parameters = BatchingParameters()
             if options.batching_parameters_file:
-                parameters = read_proto_text_file(options.batching_parameters_file, BatchingParameters)
+                parameters = read_proto_text_file(options.batching_parameters_file, BatchingParameters,
+                                                  "batching parameters file")
             else:
-                parameters.thread_pool_name.value = "model_server_batch_threads"
+                parameters.thread_pool_name.value = THREAD_POOL_NAME
             self.batcher = BatchScheduler(BatchingOptions.from_proto(parameters), self.metrics)
         self.manager = ModelManager(
             partial(SavedModelBundle, intra_op_threads=options.tensorflow_intra_op_parallelism,

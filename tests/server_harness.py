@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import grpc
 
 from conftest import TFSERVING_TESTDATA
+from model_server.grpc_api import CHANNEL_OPTIONS
 from utils.server import LocalModelServer, free_port, wait_until_available
 
 
@@ -26,9 +27,7 @@ def running_server(tmp_path, flags, wait_for=(), timeout=90):
                               log_path=tmp_path / f"server-{rest_port}.log")
     rest_url = f"http://127.0.0.1:{rest_port}"
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}",
-                                    options=[("grpc.max_receive_message_length", -1),
-                                             ("grpc.max_send_message_length", -1)])
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=CHANNEL_OPTIONS)
     try:
         for model_name, versions in wait_for:
             wait_until_available(rest_url, model_name, versions, timeout=timeout, process=server.process)

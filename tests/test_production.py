@@ -207,7 +207,7 @@ class RecordingBundle:
 
 class Servable:
     def __init__(self, bundle):
-        self.bundle, self.name = bundle, "stub"
+        self.bundle, self.name, self.version = bundle, "stub", 1
 
 
 def run_concurrently(scheduler, servable, arrays):
@@ -270,7 +270,7 @@ def test_task_larger_than_max_batch_size_and_full_queue():
     first = threading.Thread(target=scheduler.run, args=(servable, "serving_default", {"x": np.ones([3, 1], np.float32)}))
     first.start()
     deadline = time.monotonic() + 5
-    while not scheduler._queues and time.monotonic() < deadline:  # noqa: SLF001 - wait until queued
+    while scheduler.enqueued_tasks == 0 and time.monotonic() < deadline:  # wait until queued
         time.sleep(0.01)
     with pytest.raises(ServingError, match=QUEUE_FULL) as full:
         scheduler.run(servable, "serving_default", {"x": np.ones([3, 1], np.float32)})

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tqdm import tqdm
 
-GRPC_OPTIONS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+from model_server.grpc_api import CHANNEL_OPTIONS
 
 
 @dataclass
@@ -76,7 +76,7 @@ class GrpcPredictor:
     """A persistent gRPC channel and a ready PredictRequest."""
 
     def __init__(self, target, model_name, signature_name, inputs, version=None, label=None):
-        self.channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.request = predict_pb2.PredictRequest()
         self.request.model_spec.name = model_name

@@ -5,11 +5,10 @@ from pathlib import Path
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
+from model_server.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE
 from utils.errors import LabError
 from utils.images import load_batch, read_image_bytes
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-MAX_WARMUP_RECORDS = 1000  # TF Serving refuses to load a version with more
 
 
 def lab_warmup_requests(model_name, image_paths):

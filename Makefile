@@ -7,27 +7,27 @@ CATALOG ?= auto
 
 .PHONY: setup models lab test notebooks jupyter bench clean
 
-$(STAMP): requirements.txt pyproject.toml scripts/install_kernel.py
+$(STAMP): requirements.txt pyproject.toml labtools/kernel.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
-	$(PY) scripts/install_kernel.py
+	$(PY) -m labtools kernel
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 models: setup  ## download (tfhub) or convert (offline) the catalog's models into the cache
-	$(PY) -m utils.catalog --catalog $(CATALOG)
+	$(PY) -m labtools models --catalog $(CATALOG)
 
 lab: setup  ## run every notebook headlessly on the embedded defaults
-	$(PY) scripts/run_notebooks.py --catalog auto
+	$(PY) -m labtools notebooks --catalog auto
 
 test: setup  ## unit, server and notebook tests (notebooks run offline, nbval compares outputs)
-	$(PY) scripts/run_notebooks.py --catalog offline --prepare-only --output-dir build/nbval
+	$(PY) -m labtools notebooks --catalog offline --prepare-only --output-dir build/nbval
 	$(PY) -m pytest tests build/nbval --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
-	$(PY) scripts/run_notebooks.py --catalog offline --in-place
+	$(PY) -m labtools notebooks --catalog offline --in-place
 
 jupyter: setup  ## JupyterLab on the lab's kernel
 	$(VENV)/bin/jupyter lab notebooks/
@@ -36,4 +36,4 @@ clean:
 	rm -rf build
 
 bench: setup  ## served vs in-process latency ratios on the offline models (last line: JSON)
-	$(PY) -m utils.bench
+	$(PY) -m labtools bench

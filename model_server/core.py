@@ -257,4 +257,3 @@ def serialized_examples(input_proto):
     if not examples:
         raise invalid_argument("Input is empty.")
     return np.array(examples, dtype=object)
-

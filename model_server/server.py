@@ -18,7 +18,7 @@ from model_server.config import ConfigError, read_model_server_config, read_prot
 from model_server.core import ServingCore
 from model_server.grpc_api import make_grpc_server
 from model_server.manager import ModelManager
-from model_server.metrics import CONTENT_TYPE, ServerMetrics
+from model_server.metrics import CONTENT_TYPE, DEFAULT_PROMETHEUS_PATH, ServerMetrics
 from model_server.protos import BatchingParameters, MonitoringConfig
 from model_server.rest import RestApi
 from model_server.status import ServingError
@@ -28,7 +28,6 @@ log = logging.getLogger("model_server")
 # Request threads shared by gRPC and REST: enough for every client of a batching benchmark to
 # wait in a batch at once (TF Serving's gRPC server also runs many threads).
 WORKER_THREADS = 64
-DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
 def parse_channel_arguments(text):

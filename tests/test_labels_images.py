@@ -1,28 +1,21 @@
 """Label file, sample images and request payloads."""
 
 import hashlib
-import importlib.util
 import json
 import base64
 
 import pytest
 import tensorflow as tf
 
-from conftest import PROJECT_ROOT, REFERENCE_DIR
+from conftest import REFERENCE_DIR
+from labtools.labels import imagenet_labels
+from labtools.payloads import REQUEST_BODY_IMAGE, REQUEST_BODY_PATH, make_request_body
 from utils.errors import LabError
 from utils.images import get_image_list, preprocess_image, read_image_bytes
 from utils.labels import load_labels
 from utils.paths import LABELS_PATH
-from utils.payloads import REQUEST_BODY_IMAGE, REQUEST_BODY_PATH, make_request_body
 
 TF_LABELS_SHA256 = "536feacc519de3d418de26b2effb4d75694a8c4c0063e36499a46fa8061e2da9"
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_label_file_is_byte_identical_to_tensorflows():
@@ -33,7 +26,7 @@ def test_label_file_is_byte_identical_to_tensorflows():
 
 
 def test_label_script_regenerates_the_committed_file():
-    labels = load_script("make_labels").imagenet_labels()
+    labels = imagenet_labels()
     assert ("\n".join(labels) + "\n").encode() == LABELS_PATH.read_bytes()
     assert labels[0] == "background" and labels[-1] == "toilet tissue" and len(labels) == 1001
 

@@ -10,7 +10,7 @@ from utils import catalog
 from utils.errors import LabError
 from utils.images import IMAGES_DIR, get_image_list, load_batch, read_image_bytes
 from utils.predictions import top_k
-from utils.pth import PthFormatError, load_state_dict
+from efficientnet_port.pth import PthFormatError, load_state_dict
 
 CAT_CLASSES = {"Egyptian cat", "tabby", "tiger cat", "Persian cat", "Siamese cat"}
 

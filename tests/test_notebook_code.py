@@ -1,4 +1,9 @@
-"""The notebooks' lesson code and utils' copies of it must not drift apart; house style."""
+"""The notebooks' lesson code and utils' copies of it must not drift apart; the house template.
+
+The template is checked one rule at a time, as tensorflow/docs' nblint does: each rule is a function
+that returns what is wrong with a notebook, or None. Each rule is also shown to catch a notebook that
+breaks it, so no rule passes by construction.
+"""
 
 import inspect
 import re
@@ -7,9 +12,10 @@ import nbformat
 import pytest
 
 from conftest import PROJECT_ROOT
-from utils import serving
+from utils import deploy, serving
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LAB_KERNEL = "tfserving-lab"
 
 
 def code_cell_defining(notebook_name, definition):
@@ -22,27 +28,183 @@ def code_cell_defining(notebook_name, definition):
 @pytest.mark.parametrize("notebook_name, obj", [
     ("02_serving_signatures.ipynb", serving.ServingModule),
     ("03_export_savedmodel.ipynb", serving.export_servable),
-])
+    ("04_deploy.ipynb", deploy.models_config),
+    ("04_deploy.ipynb", deploy.monitoring_config),
+], ids=lambda value: getattr(value, "__name__", value))
 def test_utils_copy_equals_the_notebook_cell(notebook_name, obj):
     definition = f"{'class' if inspect.isclass(obj) else 'def'} {obj.__name__}"
     assert code_cell_defining(notebook_name, definition).strip() == inspect.getsource(obj).strip()
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_follows_the_house_template(path):
-    notebook = nbformat.read(path, as_version=4)
-    markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
-    assert len(re.findall(r"^# ", markdown, flags=re.M)) == 1, "one H1"
+# --- the house template, one rule per function ---------------------------------------------------
+
+def markdown_of(notebook):
+    return "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
+
+
+def section(markdown, heading):
+    """The text under a `## heading`, up to the next `## ` heading (None when absent)."""
+    match = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", markdown, flags=re.M | re.S)
+    return match.group(1) if match else None
+
+
+def parameters_cells(notebook):
+    return [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+
+
+def one_h1(notebook):
+    count = len(re.findall(r"^# ", markdown_of(notebook), flags=re.M))
+    return None if count == 1 else f"{count} H1 headings, expected one"
+
+
+def starts_with_title_and_overview(notebook):
+    first = notebook.cells[0] if notebook.cells else None
+    if first is None or first.cell_type != "markdown" or not first.source.startswith("# "):
+        return "the first cell is not the H1 title"
+    after_title = first.source.split("\n", 1)[1] if "\n" in first.source else ""
+    overview = re.split(r"^(?:\d+\. |#)", after_title, maxsplit=1, flags=re.M)[0].strip()
+    return None if overview else "no overview paragraph between the title and the objectives"
+
+
+def objectives_match_sections(notebook):
+    markdown = markdown_of(notebook)
     objectives = re.findall(r"^(\d+)\. ", markdown.split("## Setup")[0], flags=re.M)
     sections = re.findall(r"^## (\d+)\. ", markdown, flags=re.M)
-    assert objectives and objectives == sections, "numbered objectives match numbered sections"
-    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(parameters) == 1, "one parameters cell"
-    for line in parameters[0].source.splitlines():
-        assert re.match(r"^\w+ = .+  # .+", line), f"parameter without a comment: {line!r}"
-    assert "## Summary" in markdown and "**Next:**" in markdown or "Next:" in markdown
-    assert notebook.metadata.kernelspec.name == "tfserving-lab"
+    if not objectives:
+        return "no numbered objectives before Setup"
+    return None if objectives == sections else f"objectives {objectives} but sections {sections}"
+
+
+def setup_before_parameters(notebook):
+    headings = [i for i, c in enumerate(notebook.cells) if c.cell_type == "markdown" and "## Setup" in c.source]
+    parameters = [notebook.cells.index(c) for c in parameters_cells(notebook)]
+    if not headings:
+        return "no Setup section"
+    return None if parameters and headings[0] < parameters[0] else "the parameters cell does not follow Setup"
+
+
+def one_parameters_cell(notebook):
+    count = len(parameters_cells(notebook))
+    return None if count == 1 else f"{count} cells tagged 'parameters', expected one"
+
+
+def parameters_are_commented(notebook):
+    for cell in parameters_cells(notebook):
+        for line in cell.source.splitlines():
+            if not re.match(r"^\w+ = .+  # .+", line):
+                return f"parameter without a comment: {line!r}"
+    return None
+
+
+def summary_section(notebook):
+    return None if section(markdown_of(notebook), "Summary") is not None else "no Summary section"
+
+
+def summary_says_next(notebook):
+    summary = section(markdown_of(notebook), "Summary")
+    return None if summary and "**Next:**" in summary else "the Summary does not say **Next:**"
+
+
+def exercises_after_summary(notebook):
+    markdown = markdown_of(notebook)
+    summary, exercises = markdown.find("## Summary"), markdown.find("## Exercises")
+    return None if -1 < summary < exercises else "no Exercises section after the Summary"
+
+
+def lab_kernel(notebook):
+    name = notebook.metadata.get("kernelspec", {}).get("name")
+    return None if name == LAB_KERNEL else f"kernel {name!r}, expected {LAB_KERNEL!r}"
+
+
+def no_stderr_outputs(notebook):
     for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert not [o for o in cell.outputs if o.get("name") == "stderr"], f"stderr in {cell.source[:40]!r}"
-            assert not [o for o in cell.outputs if o.output_type == "error"]
+        if cell.cell_type == "code" and any(o.get("name") == "stderr" for o in cell.outputs):
+            return f"stderr in {cell.source[:40]!r}"
+    return None
+
+
+def no_error_outputs(notebook):
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and any(o.output_type == "error" for o in cell.outputs):
+            return f"an error in {cell.source[:40]!r}"
+    return None
+
+
+RULES = [one_h1, starts_with_title_and_overview, objectives_match_sections, setup_before_parameters,
+         one_parameters_cell, parameters_are_commented, summary_section, summary_says_next,
+         exercises_after_summary, lab_kernel, no_stderr_outputs, no_error_outputs]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_notebook_follows_the_house_template(path, rule):
+    assert rule(nbformat.read(path, as_version=4)) is None
+
+
+def template_notebook():
+    """The smallest notebook that keeps every rule."""
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    notebook = nbformat.v4.new_notebook(cells=[
+        md("# Title\n\nWhat this notebook does.\n\n1. First objective\n2. Second objective"),
+        md("## Setup"),
+        code("import json"),
+        code('port = 8501  # the REST port', metadata={"tags": ["parameters"]}),
+        md("## 1. First"), code("1 + 1"), md("## 2. Second"), code("2 + 2"),
+        md("## Summary\n\n- A point.\n\n**Next:** the next notebook."),
+        md("## Exercises\n\n1. Try it."),
+    ])
+    notebook.metadata["kernelspec"] = {"name": LAB_KERNEL, "display_name": "lab", "language": "python"}
+    return notebook
+
+
+def without(text):
+    """A breakage: drop `text` from every markdown cell."""
+    def breaking(notebook):
+        for cell in notebook.cells:
+            if cell.cell_type == "markdown":
+                cell.source = cell.source.replace(text, "")
+    return breaking
+
+
+def retag(tags):
+    def breaking(notebook):
+        notebook.cells[3].metadata["tags"] = tags
+    return breaking
+
+
+def add_cell(cell):
+    return lambda notebook: notebook.cells.append(cell)
+
+
+BREAKAGES = {
+    one_h1: add_cell(nbformat.v4.new_markdown_cell("# A second title")),
+    starts_with_title_and_overview: without("\n\nWhat this notebook does."),
+    objectives_match_sections: without("## 2. Second"),
+    setup_before_parameters: without("## Setup"),
+    one_parameters_cell: retag([]),
+    parameters_are_commented: lambda nb: setattr(nb.cells[3], "source", "port = 8501"),
+    summary_section: without("## Summary"),
+    summary_says_next: without("**Next:**"),
+    exercises_after_summary: without("## Exercises"),
+    lab_kernel: lambda nb: nb.metadata["kernelspec"].update(name="python3"),
+    no_stderr_outputs: lambda nb: nb.cells[2].outputs.append(
+        nbformat.v4.new_output("stream", name="stderr", text="Traceback")),
+    no_error_outputs: lambda nb: nb.cells[2].outputs.append(
+        nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=[])),
+}
+
+
+def test_every_rule_has_a_breakage():
+    assert set(BREAKAGES) == set(RULES)
+
+
+def test_the_template_notebook_keeps_every_rule():
+    notebook = template_notebook()
+    assert {rule.__name__: rule(notebook) for rule in RULES} == {rule.__name__: None for rule in RULES}
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
+def test_each_rule_catches_a_notebook_that_breaks_it(rule):
+    notebook = template_notebook()
+    BREAKAGES[rule](notebook)
+    assert rule(notebook) is not None

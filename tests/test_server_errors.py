@@ -11,6 +11,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from server_harness import copy_fixture, running_server
+from utils.deploy import models_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -18,9 +19,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
     base = copy_fixture("saved_model_half_plus_two_2_versions", tmp)
     config = tmp / "models.config"
-    config.write_text(f'''model_config_list {{ config {{
-        name: "hp" base_path: "{base}" model_platform: "tensorflow"
-        model_version_policy {{ all {{}} }} version_labels {{ key: "stable" value: 123 }} }} }}''')
+    write_config(models_config("hp", base, [123, 124], {"stable": 123}), config)
     with running_server(tmp, [f"--model_config_file={config}", "--rest_api_max_body_bytes=1000000"],
                         wait_for=[("hp", [123, 124])]) as running:
         yield running

@@ -7,11 +7,11 @@ import time
 import grpc
 import pytest
 import requests
-from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from conftest import TFSERVING_TESTDATA
 from server_harness import copy_fixture, run_server_to_exit, running_server
+from utils.deploy import models_config, write_config
 from utils.server import wait_until_available
 
 PREDICT = {"instances": [[1.0]]}
@@ -28,13 +28,6 @@ def wait_for(condition, timeout=20.0):
             return True
         time.sleep(0.2)
     return False
-
-
-def model_config(*models):
-    """Text ModelServerConfig from (name, base_path, extra text) tuples."""
-    entries = "".join(f'config {{ name: "{n}" base_path: "{p}" model_platform: "tensorflow" {extra} }}\n'
-                      for n, p, extra in models)
-    return f"model_config_list {{\n{entries}}}\n"
 
 
 def test_bad_model_config_is_refused_at_start():
@@ -83,10 +76,10 @@ def test_config_file_polling_switches_models_and_survives_a_bad_file(tmp_path):
     two = copy_fixture("saved_model_half_plus_two_cpu", tmp_path)
     three = copy_fixture("saved_model_half_plus_three", tmp_path)
     config = tmp_path / "models.config"
-    config.write_text(model_config(("half_plus_two", two, "")))
+    write_config(models_config("half_plus_two", two, [123]), config)
     flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
     with running_server(tmp_path, flags, wait_for=[("half_plus_two", [123])]) as (server, rest, _):
-        config.write_text(model_config(("half_plus_three", three, "")))
+        write_config(models_config("half_plus_three", three, [123]), config)
         wait_until_available(rest, "half_plus_three", [123], timeout=10)
         assert wait_for(lambda: predict(rest, "half_plus_two").status_code == 404, timeout=5)
         config.write_text("model_config_list { this is not a config")
@@ -127,9 +120,8 @@ def test_file_system_polling_picks_up_new_and_removed_versions_without_failures(
         assert sent[0] > 20 and failures == [], (sent, failures[:3])
 
 
-def reload(channel, text):
-    request = model_management_pb2.ReloadConfigRequest()
-    text_format.Parse(text, request.config)
+def reload(channel, config):
+    request = model_management_pb2.ReloadConfigRequest(config=config)
     return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request).status
 
 
@@ -137,11 +129,10 @@ def reload(channel, text):
 def test_labels_on_unavailable_versions(tmp_path, allow):
     base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
     config = tmp_path / "models.config"
-    config.write_text(model_config(("hp", base, "model_version_policy { specific { versions: 123 } }")))
+    write_config(models_config("hp", base, [123]), config)
     flags = [f"--model_config_file={config}"] + (["--allow_version_labels_for_unavailable_models"] if allow else [])
     with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (server, rest, channel):
-        status = reload(channel, model_config(("hp", base, 'model_version_policy { specific { versions: 123 } } '
-                                                           'version_labels { key: "canary" value: 124 }')))
+        status = reload(channel, models_config("hp", base, [123], {"canary": 124}))
         if allow:  # a new label may point at a version that is not loaded (yet)
             assert status.error_code == 0
         else:
@@ -149,10 +140,8 @@ def test_labels_on_unavailable_versions(tmp_path, allow):
             assert status.error_message == ("Request to assign label to version 124 of model hp, which is not "
                                             "currently available for inference")
         # Moving an existing label to an unavailable version is refused even with the flag.
-        reload(channel, model_config(("hp", base, 'model_version_policy { specific { versions: 123 } } '
-                                                  'version_labels { key: "stable" value: 123 }')))
-        status = reload(channel, model_config(("hp", base, 'model_version_policy { specific { versions: 123 } } '
-                                                           'version_labels { key: "stable" value: 124 }')))
+        reload(channel, models_config("hp", base, [123], {"stable": 123}))
+        status = reload(channel, models_config("hp", base, [123], {"stable": 124}))
         assert status.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
         assert predict(rest, "hp", "/labels/stable").json() == {"predictions": [[2.5]]}
 
@@ -161,15 +150,10 @@ def test_canary_two_step_relabel(tmp_path):
     """TF Serving's procedure: serve both versions, then move the label."""
     base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
     config = tmp_path / "models.config"
-    config.write_text(model_config(("hp", base, 'model_version_policy { specific { versions: 123 } } '
-                                                'version_labels { key: "stable" value: 123 }')))
+    write_config(models_config("hp", base, [123], {"stable": 123}), config)
     with running_server(tmp_path, [f"--model_config_file={config}"], wait_for=[("hp", [123])]) as (_, rest, channel):
-        both = 'model_version_policy { specific { versions: 123 versions: 124 } } '
-        assert reload(channel, model_config(("hp", base, both + 'version_labels { key: "stable" value: 123 } '
-                                                                'version_labels { key: "canary" value: 124 }'))
-                      ).error_code == 0
-        assert reload(channel, model_config(("hp", base, both + 'version_labels { key: "stable" value: 124 }'))
-                      ).error_code == 0
+        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 123, "canary": 124})).error_code == 0
+        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 124})).error_code == 0
         status = requests.get(f"{rest}/v1/models/hp/labels/stable").json()
         assert status["model_version_status"][0]["version"] == "124"
 

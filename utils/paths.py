@@ -8,8 +8,6 @@ LABELS_PATH = PROJECT_ROOT / "labels" / "ImageNetLabels.txt"
 IMAGES_DIR = PROJECT_ROOT / "images"
 PAYLOADS_DIR = PROJECT_ROOT / "payloads"
 BUILD_DIR = PROJECT_ROOT / "build"
-MODELS_DIR = BUILD_DIR / "models"
-CONFIGS_DIR = BUILD_DIR / "configs"
 
 
 def project_path(path):

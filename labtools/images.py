@@ -1,9 +1,9 @@
-"""Write the lab's sample photos to images/ as JPEG, from scikit-image's bundled data.
+"""`python -m labtools images`: write the lab's sample photos to images/ as JPEG, from scikit-image's bundled data.
 
 The photos are public domain or CC0 (see images/README.md, which names each one).
-
-    python scripts/make_images.py
 """
+
+import argparse
 
 import PIL.Image
 import skimage.data
@@ -19,12 +19,9 @@ SAMPLES = {
 }
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(prog="python -m labtools images", description=__doc__).parse_args(argv)
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
     for file_name, load in SAMPLES.items():
         PIL.Image.fromarray(load()).save(IMAGES_DIR / file_name, quality=92)
         print(f"wrote {IMAGES_DIR / file_name}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""`make bench`: how close the served model gets to the model run in-process.
+"""`python -m labtools bench` (`make bench`): how close the served model gets to the model run in-process.
 
 On the offline catalog's first model, prints the figures, then, as its last line, one
 JSON object of ratios measured in this run:
@@ -14,7 +14,7 @@ JSON object of ratios measured in this run:
 server can beat. Batch-1 requests are interleaved round by round, so a noisy neighbour slows
 all paths alike; request bodies are built once, as a load generator would.
 
-    python -m utils.bench [--requests 100]
+    python -m labtools bench [--requests 100]
 """
 
 import argparse
@@ -26,7 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from model_server.bundle import SavedModelBundle
+from model_server.protos import BatchingParameters
 from utils.catalog import catalog_models, load_model
+from utils.deploy import models_config, write_config
 from utils.images import IMAGES_DIR, get_image_list, load_batch, read_image_bytes
 from utils.labels import load_labels
 from utils.loadgen import GrpcPredictor, RestPredictor, p50_ms, run_load
@@ -53,8 +55,7 @@ def exported_offline_model():
 
 def start_server(model_name, version, export_dir, *flags):
     config = BENCH_DIR / "models.config"
-    config.write_text(f'model_config_list {{ config {{ name: "{model_name}" base_path: "{export_dir.parent}" '
-                      f'model_platform: "tensorflow" model_version_policy {{ specific {{ versions: {version} }} }} }} }}')
+    write_config(models_config(model_name, export_dir.parent, [version]), config)
     grpc_port, rest_port = free_port(), free_port()
     server = LocalModelServer([f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={config}",
                                *flags], log_path=BENCH_DIR / "model_server.log").start()
@@ -78,7 +79,7 @@ def timed_rounds(paths, rounds, warmup):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m labtools bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100, help="timed batch-1 requests per path (at least 50)")
     parser.add_argument("--batch-rounds", type=int, default=20, help="batches of 32 for the throughput figures")
     parser.add_argument("--warmup-iterations", type=int, default=1,
@@ -126,11 +127,15 @@ def main(argv=None):
         bundle.run("serving_default", {"x": batch})
     in_process_throughput = BATCH_SIZE * args.batch_rounds / (time.perf_counter() - started)
     bundle.close()
-    batching = BENCH_DIR / "batching.config"
-    batching.write_text(f"max_batch_size {{ value: {BATCH_SIZE} }} batch_timeout_micros {{ value: 20000 }} "
-                        "num_batch_threads { value: 2 } max_enqueued_batches { value: 1000 }")
+    batching = BatchingParameters()
+    batching.max_batch_size.value = BATCH_SIZE
+    batching.batch_timeout_micros.value = 20000
+    batching.num_batch_threads.value = 2
+    batching.max_enqueued_batches.value = 1000
+    batching_path = BENCH_DIR / "batching.config"
+    write_config(batching, batching_path)
     server, grpc_target, _ = start_server(model_name, version, export_dir, "--enable_batching",
-                                          f"--batching_parameters_file={batching}")
+                                          f"--batching_parameters_file={batching_path}")
     try:
         client = GrpcPredictor(grpc_target, model_name, "serving_default", {"x": image})
         run_load(client, BATCH_SIZE * 3, concurrency=BATCH_SIZE)
@@ -158,7 +163,3 @@ def main(argv=None):
         "warm_first_request_ratio": round(first_request * 1000 / p50["grpc_default"], 3),
     }
     print(json.dumps(ratios))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
-"""Request bodies in TF Serving's REST format, as the original lab's payloads/."""
+"""`python -m labtools payloads`: write payloads/request-body.json, the original lab's REST request body."""
 
+import argparse
 import base64
 import json
 
@@ -15,11 +16,8 @@ def make_request_body(image_paths, signature_name="serving_preprocess"):
     return {"signature_name": signature_name, "instances": instances}
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(prog="python -m labtools payloads", description=__doc__).parse_args(argv)
     PAYLOADS_DIR.mkdir(parents=True, exist_ok=True)
     REQUEST_BODY_PATH.write_text(json.dumps(make_request_body([REQUEST_BODY_IMAGE])) + "\n")
     print(f"wrote {REQUEST_BODY_PATH} from {REQUEST_BODY_IMAGE.name}")
-
-
-if __name__ == "__main__":
-    main()

@@ -11,7 +11,7 @@ The module has exactly the TF Hub ImageNet classifiers' interface: float32
 
 import tensorflow as tf
 
-from utils.pth import load_state_dict
+from efficientnet_port.pth import load_state_dict
 
 BATCH_NORM_EPSILON = 1e-3
 # (kernel size, stride of the first block, output channels) of each stage; how

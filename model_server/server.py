@@ -39,6 +39,10 @@ def parse_channel_arguments(text):
     return arguments
 
 
+class StartupError(Exception):
+    """The server could not open its ports; the message is TF Serving's status text."""
+
+
 class ModelServer:
     """One running server: the manager, its pollers, the gRPC server and the REST app."""
 
@@ -127,9 +131,12 @@ class ModelServer:
         options = self.options
         grpc_server = make_grpc_server(self.core, self.reload_config, self.executor,
                                        parse_channel_arguments(options.grpc_channel_arguments), self.metrics)
-        grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
-        if options.grpc_socket_path:
-            grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
+        try:
+            grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
+            if options.grpc_socket_path:
+                grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
+        except RuntimeError:  # grpcio could not bind: TF Serving's BuildAndStart fails the same way
+            raise StartupError("INVALID_ARGUMENT: Failed to BuildAndStart gRPC server") from None
         grpc_server.start()
         log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
         if options.grpc_socket_path:
@@ -145,8 +152,14 @@ class ModelServer:
                           extra_routes, self.metrics)
             runner = web.AppRunner(api.make_app(), access_log=None)
             await runner.setup()
-            await web.TCPSite(runner, options.bind_address, options.rest_api_port).start()
-            log.info("Exporting HTTP/REST API at:%s:%d ...", options.bind_address, options.rest_api_port)
+            try:
+                await web.TCPSite(runner, options.bind_address, options.rest_api_port).start()
+            except OSError:  # as TF Serving: say so in one line and go on serving gRPC
+                log.error("Failed to start HTTP Server at localhost:%d", options.rest_api_port)
+                await runner.cleanup()
+                runner = None
+            else:
+                log.info("Exporting HTTP/REST API at:%s:%d ...", options.bind_address, options.rest_api_port)
         poller = threading.Thread(target=self._poll, name="pollers", daemon=True)
         poller.start()
         stop = asyncio.Event()
@@ -188,5 +201,10 @@ def main(argv=None):
         log.error("Error while loading models: %s", error.message)
         server.manager.close()
         return 1
-    asyncio.run(server.serve())
+    try:
+        asyncio.run(server.serve())
+    except StartupError as error:
+        print(f"Failed to start server. Error: {error}", flush=True)  # TF Serving's main.cc, to stdout
+        server.manager.close()
+        return 255  # main.cc returns -1
     return 0

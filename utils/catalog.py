@@ -16,6 +16,7 @@ same ``tf.saved_model.load`` call for either.
 """
 
 import importlib
+import os
 import shutil
 import tarfile
 import tempfile
@@ -59,6 +60,9 @@ CATALOGS = {
     ),
 }
 CATALOG_CHOICES = ("auto", *CATALOGS)
+CATALOG_TITLES = {"tfhub": "ResNet v2 50 and 101 from TF Hub",
+                  "offline": "EfficientNet-Lite0 and Lite1 from PyPI wheels"}
+CATALOG_ENV_VAR = "LAB_CATALOG"  # what 'auto' chooses, without probing TF Hub
 
 
 def tfhub_answers(timeout=TFHUB_PROBE_TIMEOUT_SECONDS):
@@ -71,17 +75,27 @@ def tfhub_answers(timeout=TFHUB_PROBE_TIMEOUT_SECONDS):
 
 
 def resolve_catalog(catalog):
-    """Check a catalog name and turn 'auto' into 'tfhub' or 'offline', saying which."""
+    """Check a catalog name and turn 'auto' into 'tfhub' or 'offline', saying which in one line.
+
+    `auto` probes TF Hub, unless the environment variable LAB_CATALOG names the catalog to use: the
+    lab's runners set it once per run, so every notebook of a run agrees, and tests stay offline.
+    """
     if catalog not in CATALOG_CHOICES:
         raise LabError(f"Unknown catalog {catalog!r}: choose one of {', '.join(map(repr, CATALOG_CHOICES))}.")
     if catalog != "auto":
         return catalog
-    if tfhub_answers():
-        print("Catalog 'auto': TF Hub answered, using 'tfhub' (ResNet v2 50 and 101).")
-        return "tfhub"
-    print(f"Catalog 'auto': TF Hub did not answer within {TFHUB_PROBE_TIMEOUT_SECONDS:.0f} s, "
-          "using 'offline' (EfficientNet-Lite0 and Lite1 from PyPI wheels).")
-    return "offline"
+    chosen = os.environ.get(CATALOG_ENV_VAR)
+    if chosen:
+        if chosen not in CATALOGS:
+            raise LabError(f"{CATALOG_ENV_VAR}={chosen!r} is not a catalog: set it to one of "
+                           f"{', '.join(map(repr, CATALOGS))}, or unset it.")
+        reason = f"{CATALOG_ENV_VAR} is set"
+    elif tfhub_answers():
+        chosen, reason = "tfhub", "TF Hub answered"
+    else:
+        chosen, reason = "offline", f"TF Hub did not answer within {TFHUB_PROBE_TIMEOUT_SECONDS:.0f} s"
+    print(f"Catalog 'auto': {reason}, using '{chosen}' ({CATALOG_TITLES[chosen]}).")
+    return chosen
 
 
 def catalog_models(catalog):

@@ -26,8 +26,20 @@ def exported_versions(models_dir):
         if versions:
             found[model_dir.name] = versions
     if not found:
-        raise LabError(f"No exported models under {models_dir}: run notebook 03_export_savedmodel first.")
+        raise LabError(f"No exported models under {models_dir}: {catch_up_hint('03_export_savedmodel')}")
     return found
+
+
+def catch_up_hint(notebook):
+    """How a learner who skipped `notebook` gets what it makes: run it, or let make run it."""
+    return f"run notebook {notebook} first, or `make catch-up UPTO={notebook[:2]}` to run notebooks 01-{notebook[:2]}."
+
+
+def require_file(path, notebook):
+    """`path`, which `notebook` writes; a LabError saying how to make it when it is missing."""
+    if not Path(path).exists():
+        raise LabError(f"{path} is missing: {catch_up_hint(notebook)}")
+    return Path(path)
 
 
 def models_config(model_name, base_path, versions, labels=None):

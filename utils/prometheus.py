@@ -1,7 +1,6 @@
 """Run a real Prometheus server that scrapes the model server, and query it (notebook 06)."""
 
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -9,9 +8,10 @@ import requests
 
 from utils.errors import LabError
 from utils.paths import BUILD_DIR
+from utils.processes import PROMETHEUS, ManagedProcess, Stopped
 
-INSTALL_HINT = ("Prometheus is not installed. On Debian or Ubuntu: `sudo apt-get install prometheus`; "
-                "on macOS: `brew install prometheus`; or run the `prometheus` service of docker-compose.yaml.")
+INSTALL_HINT = ("Prometheus is not installed: run `make setup` (it installs Debian's package, or unpacks it "
+                "without root, or uses brew), or set LAB_PROMETHEUS to a prometheus binary.")
 
 
 def scrape_config(target, metrics_path, interval_seconds=1):
@@ -25,12 +25,12 @@ class PrometheusServer:
     """`prometheus` as a subprocess with its own config and data directory; a context manager."""
 
     def __init__(self, target, metrics_path, port=9090, workdir=BUILD_DIR / "prometheus"):
-        self.binary = shutil.which("prometheus")
+        self.binary = PROMETHEUS.find()
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
         self.workdir = Path(workdir)
         self.config = scrape_config(target, metrics_path)
-        self.process = None
+        self.managed = None
 
     @property
     def available(self):
@@ -42,16 +42,14 @@ class PrometheusServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
         (self.workdir / "prometheus.yml").write_text(self.config)
-        log = (self.workdir / "prometheus.log").open("w")
-        self.process = subprocess.Popen(
+        self.managed = ManagedProcess(
             [self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+            "Prometheus", {"prometheus_port": self.port}, self.workdir / "prometheus.log").start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LabError(f"Prometheus exited with code {self.process.returncode}: see "
+            if self.managed.exited() is not None:
+                raise LabError(f"Prometheus exited with code {self.managed.exited()}: see "
                                f"{self.workdir / 'prometheus.log'}.")
             try:
                 ready = requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200
@@ -82,9 +80,11 @@ class PrometheusServer:
         return [(float(t), float(v)) for t, v in series[0]["values"]] if series else []
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
+        """Stop Prometheus if it runs; says what it stopped."""
+        if self.managed is None:
+            return Stopped("Prometheus was not started.")
+        code = self.managed.stop()
+        return Stopped(f"Stopped {self.managed.record.describe()}; exit code {code}.", code)
 
     def __enter__(self):
         return self.start()

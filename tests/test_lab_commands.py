@@ -1,0 +1,124 @@
+"""The maintainers' and instructors' commands: the quiet lab runner, its report, the component installer."""
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from conftest import PROJECT_ROOT
+from labtools import components
+from labtools.kernel import KERNEL_NAME
+from utils.processes import Program
+
+
+def write_notebook(path, *sources):
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "lab", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture(scope="module")
+def failing_lab_run(tmp_path_factory):
+    """`labtools notebooks` on two notebooks, the second failing in its second cell."""
+    tmp = tmp_path_factory.mktemp("lab")
+    notebooks = tmp / "notebooks"
+    notebooks.mkdir()
+    write_notebook(notebooks / "01_ok.ipynb", "import tensorflow as tf\ntf.constant(1).numpy()")
+    write_notebook(notebooks / "02_fails.ipynb", "answer = 42", 'message = "broken on purpose"\nraise ValueError(message)',
+                   "print('never runs')")
+    result = subprocess.run(
+        [sys.executable, "-m", "labtools", "notebooks", "--catalog", "offline", f"--notebooks-dir={notebooks}",
+         f"--output-dir={tmp / 'executed'}", f"--report-dir={tmp / 'report'}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    return tmp, result
+
+
+def test_a_failing_notebook_fails_the_run(failing_lab_run):
+    _, result = failing_lab_run
+    assert result.returncode == 1
+
+
+def test_the_failure_names_the_notebook_cell_error_and_log(failing_lab_run):
+    _, result = failing_lab_run
+    assert ("02_fails.ipynb failed at cell 2:\n    message = \"broken on purpose\"\n    raise ValueError(message)\n"
+            "  ValueError: broken on purpose\n  log: build/logs/02_fails.log\n") in result.stdout
+
+
+def test_the_run_prints_one_line_per_notebook_and_a_summary(failing_lab_run):
+    _, result = failing_lab_run
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines if line.startswith("  0")] == ["01_ok.ipynb", "02_fails.ipynb"]
+    assert lines[-1].startswith("1 of 2 notebooks ran in ") and "(failed)" in lines[-1]
+    assert len(lines) <= 12, result.stdout
+
+
+def test_tensorflow_and_jupyter_noise_goes_to_the_logs(failing_lab_run):
+    _, result = failing_lab_run
+    assert "cuda" not in (result.stdout + result.stderr).lower()
+    assert "TF_ENABLE_ONEDNN_OPTS" not in result.stdout + result.stderr
+
+
+def test_the_report_shows_the_failure(failing_lab_run):
+    tmp, _ = failing_lab_run
+    index = (tmp / "report" / "index.html").read_text()
+    assert '<a href="01_ok.html">01_ok.ipynb</a>' in index and '<td class="ok">ok</td>' in index
+    assert '<td class="failed">failed</td>' in index and "ValueError: broken on purpose" in index
+    assert (tmp / "report" / "02_fails.html").exists()
+
+
+def test_a_missing_program_is_one_sentence(monkeypatch, tmp_path, capsys):
+    ghost = Program("no-such-program-here", "LAB_NO_SUCH_PROGRAM", "usr/bin/no-such-program-here")
+    monkeypatch.setitem(components.COMPONENTS, "prometheus",
+                        components.Component("Prometheus", (ghost,), ("prometheus",), ("prometheus",)))
+    assert components.main(["check", "prometheus"]) == 1
+    assert capsys.readouterr().out == (
+        "Prometheus is missing: install it (Debian or Ubuntu: `apt-get install prometheus`; macOS: "
+        "`brew install prometheus`), or set LAB_NO_SUCH_PROGRAM to its binary.\n")
+
+
+def test_a_variable_naming_no_file_counts_as_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAB_PROMETHEUS", str(tmp_path / "nothing"))
+    monkeypatch.setattr(components.shutil, "which", lambda name: None)
+    assert components.missing_programs(components.COMPONENTS["prometheus"]) != []
+
+
+def test_without_apt_or_brew_install_says_what_to_do(monkeypatch):
+    ghost = Program("no-such-program-here", "LAB_NO_SUCH_PROGRAM", "usr/bin/no-such-program-here")
+    component = components.Component("Prometheus", (ghost,), ("prometheus",), ("prometheus",))
+    monkeypatch.setattr(components.shutil, "which", lambda name: None)
+    monkeypatch.setattr(components.platform, "system", lambda: "Windows")
+    line, present = components.install(component)
+    assert present is False and line.startswith("Prometheus is missing: install it")
+
+
+def test_rootless_install_unpacks_debians_prometheus(tmp_path):
+    assert components.unpack_debian_packages(["prometheus"], prefix=tmp_path)
+    version = subprocess.run([tmp_path / "usr" / "bin" / "prometheus", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "prometheus, version" in version.stdout + version.stderr
+
+
+def test_catch_up_runs_the_notebooks_up_to_one(tmp_path):
+    from labtools.notebooks import notebook_paths
+
+    for name in ("01_a", "02_b", "03_c", "04_d"):
+        write_notebook(tmp_path / f"{name}.ipynb", "1")
+    assert [p.name for p in notebook_paths(tmp_path, upto="03")] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+
+
+def test_missing_exports_name_the_notebook_and_the_catch_up(tmp_path):
+    from utils.deploy import exported_versions
+    from utils.errors import LabError
+
+    with pytest.raises(LabError, match=r": run notebook 03_export_savedmodel first, or `make catch-up UPTO=03` "
+                                       r"to run notebooks 01-03\.$"):
+        exported_versions(tmp_path)
+
+
+def test_a_missing_config_names_the_notebook_that_writes_it(tmp_path):
+    from utils.deploy import require_file
+    from utils.errors import LabError
+
+    with pytest.raises(LabError, match=r"models.local.config is missing: run notebook 04_deploy first, or "
+                                       r"`make catch-up UPTO=04`"):
+        require_file(tmp_path / "models.local.config", "04_deploy")

@@ -122,3 +122,41 @@ def test_a_missing_config_names_the_notebook_that_writes_it(tmp_path):
     with pytest.raises(LabError, match=r"models.local.config is missing: run notebook 04_deploy first, or "
                                        r"`make catch-up UPTO=04`"):
         require_file(tmp_path / "models.local.config", "04_deploy")
+
+
+def solution_notebook(path):
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    notebook = nbformat.v4.new_notebook(cells=[
+        md("# T\n\nOverview.\n\n1. One"), code("answer = 41", execution_count=1,
+                                                outputs=[nbformat.v4.new_output("stream", text="x")]),
+        md("## Exercises\n\n1. Add one."), md("## Solutions"),
+        code("answer += 1", metadata={"tags": ["solution"], "jupyter": {"source_hidden": True}}),
+        code("assert answer == 42", metadata={"tags": ["solution-check"]}),
+    ])
+    notebook.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "lab", "language": "python"}
+    nbformat.write(notebook, path)
+
+
+def test_learner_copies_stub_solutions_keep_checks_and_clear_outputs(tmp_path):
+    from labtools.learner import STUB, write_learner_copies
+
+    (tmp_path / "notebooks").mkdir()
+    solution_notebook(tmp_path / "notebooks" / "01_t.ipynb")
+    (copy_path,) = write_learner_copies(tmp_path / "notebooks", tmp_path / "learner")
+    copy = nbformat.read(copy_path, as_version=4)
+    nbformat.validate(copy)
+    sources = [c.source for c in copy.cells if c.cell_type == "code"]
+    assert sources == ["answer = 41", STUB, "assert answer == 42"]
+    assert all(c.outputs == [] and c.execution_count is None for c in copy.cells if c.cell_type == "code")
+    assert not [c for c in copy.cells if "solution" in c.metadata.get("tags", [])]
+
+
+def test_learner_copies_equal_the_notebooks_up_to_their_solutions(tmp_path):
+    from labtools.learner import write_learner_copies
+
+    for copy_path in write_learner_copies(learner_dir=tmp_path):
+        master = nbformat.read(PROJECT_ROOT / "notebooks" / copy_path.name, as_version=4)
+        copy = nbformat.read(copy_path, as_version=4)
+        solutions = next((i for i, c in enumerate(master.cells) if c.source.startswith("## Solutions")),
+                         len(master.cells))
+        assert [c.source for c in copy.cells[:solutions]] == [c.source for c in master.cells[:solutions]]

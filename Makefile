@@ -5,12 +5,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CATALOG ?= auto
 
-.PHONY: setup models lab test notebooks jupyter bench stop clean catch-up
+.PHONY: setup models lab test notebooks jupyter bench stop clean catch-up learner doctor bundle mirror
 
+# BUNDLE=<dir> installs from an offline bundle (make bundle) instead of the network.
 $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifdef BUNDLE
+	$(PYTHON) -m labtools bundle install $(BUNDLE) --python $(PY)
+else
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+endif
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m labtools kernel
 	touch $(STAMP)
 
@@ -18,6 +23,9 @@ $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
 COMPONENTS := prometheus chromium
 
 setup: $(STAMP)  ## the venv, the lab's kernel and the real programs the lab runs
+ifdef BUNDLE
+	@$(PY) -m labtools bundle install $(BUNDLE)
+endif
 	@$(PY) -m labtools components install $(COMPONENTS)
 
 models: setup  ## download (tfhub) or convert (offline) the catalog's models into the cache
@@ -33,6 +41,21 @@ test: setup  ## unit, server, browser and notebook tests (notebooks run offline,
 UPTO ?= 03
 catch-up: setup  ## run notebooks 01..UPTO, for a learner who skipped them (make catch-up UPTO=04)
 	$(PY) -m labtools notebooks --catalog auto --upto $(UPTO)
+
+doctor:  ## will the lab run on this laptop? (run it the day before a workshop)
+	@test -x $(PY) || { echo "venv  FAIL  .venv/ is missing  -> make setup"; exit 1; }
+	@$(PY) -m labtools doctor
+
+bundle: setup  ## build/bundle/: wheels, model caches, Debian packages, SHA256SUMS (make setup BUNDLE=...)
+	$(PY) -m labtools bundle write
+
+HOST ?= 0.0.0.0
+PORT ?= 8765
+mirror: setup  ## serve this laptop's TF Hub models to the room (learners set LAB_TFHUB_MIRROR)
+	$(PY) -m labtools mirror --host $(HOST) --port $(PORT)
+
+learner: setup  ## learner copies of the notebooks (solutions stubbed, no outputs) in build/learner/
+	$(PY) -m labtools learner
 
 notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
 	$(PY) -m labtools notebooks --catalog offline --in-place

@@ -48,7 +48,6 @@ def test_fast_path_equals_exact_path():
 @pytest.mark.parametrize("body", [
     big([[1.0]] * 5000 + [[1.0, 2.0]]),  # ragged
     big([[True]] * 5000),  # booleans are not floats
-    big([[1e300]] * 5000),  # out of float range
 ])
 def test_fast_path_steps_aside_for_the_exact_errors(body):
     with pytest.raises(ServingError) as fast_or_exact:

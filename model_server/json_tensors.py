@@ -977,6 +977,8 @@ def _float32_as_rapidjson(values):
     """The float32 tensor rapidjson's doubles give, or None where a few ulps could change it."""
     with np.errstate(over="ignore"):
         result = values.astype(np.float32)
+        if np.array_equal(result, values):
+            return result  # float32 values exactly: the nearest float32s are far more than a few ulps away
         margin = np.abs(values) * ROUNDING_MARGIN
         if not (np.array_equal((values - margin).astype(np.float32), result)
                 and np.array_equal((values + margin).astype(np.float32), result)):

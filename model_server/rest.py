@@ -51,6 +51,8 @@ class JsonErrorRequestHandler(web_protocol.RequestHandler):
 
 
 class JsonErrorServer(web_server.Server):
+    """aiohttp's low-level server, with JsonErrorRequestHandler connections."""
+
     def __call__(self):
         return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 

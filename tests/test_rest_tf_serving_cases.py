@@ -277,8 +277,8 @@ CASES = [
      echo("int64", "instances", "[9223372036854775808]"), 400,
      error("Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: "
            "9223372036854775808 Type: Number is not of expected type: int64")),
-    ("api_rest.md: JSON mapping (DT_BOOL)", "POST", PREDICT, echo("bool", "instances", "[[true, false], [false, true]]"),
-     200, predictions("[true, false]", "[false, true]")),
+    ("api_rest.md: JSON mapping (DT_BOOL)", "POST", PREDICT,
+     echo("bool", "instances", "[[true, false], [false, true]]"), 200, predictions("[true, false]", "[false, true]")),
 ]
 
 

@@ -57,8 +57,12 @@ class SavedModelBundle:
 
     @staticmethod
     def _feed_value(tensor_info, value):
+        """The value as the signature's type; strings stay strings whatever the declared type, as
+        TF Serving feeds classify/regress examples (the session then checks the graph's type)."""
         dtype = tf.dtypes.as_dtype(tensor_info.dtype)
-        return np.asarray(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+        value = np.asarray(value)
+        return np.asarray(value, dtype=object if dtype == tf.string or value.dtype.kind in "OSU" else
+                          dtype.as_numpy_dtype)
 
     def close(self):
         self.session.close()

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_format
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from model_server.manager import AVAILABLE, END, LOADING, START, UNLOADING
@@ -19,6 +20,7 @@ from model_server.tensors import dtype_name
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+CLASSIFY_INPUTS, CLASSES, SCORES, REGRESS_OUTPUTS = "inputs", "classes", "scores", "outputs"
 STATE_NUMBERS = {START: 10, LOADING: 20, AVAILABLE: 30, UNLOADING: 40, END: 50}
 
 
@@ -51,8 +53,12 @@ class ServingCore:
 
     # --- running ---------------------------------------------------------------
 
-    def run_signature(self, servable, signature_name, inputs, output_filter=()):
-        """Check inputs against the signature and run it: {key: array} -> {key: array}."""
+    def run_signature(self, servable, signature_name, inputs, output_filter=(), check_dtypes=True):
+        """Check inputs against the signature and run it: {key: array} -> {key: array}.
+
+        Classify and regress pass check_dtypes=False: TF Serving feeds their serialized
+        examples by tensor name whatever type the signature declares (classifier.cc, regressor.cc).
+        """
         name, signature = self.signature(servable, signature_name)
         extra = sorted(set(inputs) - set(signature.inputs))
         missing = sorted(set(signature.inputs) - set(inputs))
@@ -64,7 +70,7 @@ class ServingCore:
             raise invalid_argument(
                 f"Request inputs do not match required inputs for model `{servable.name}`. "
                 f"Send extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
-        for index, key in enumerate(sorted(inputs)):
+        for index, key in enumerate(sorted(inputs) if check_dtypes else ()):
             expected = tf.dtypes.as_dtype(signature.inputs[key].dtype)
             given = tf.string if inputs[key].dtype.kind in "OSU" else tf.dtypes.as_dtype(inputs[key].dtype)
             if given != expected:
@@ -123,60 +129,111 @@ class ServingCore:
         return response
 
     def classify_on(self, servable, request, response):
+        name, signature = self._examples_signature(servable, request.model_spec.signature_name)
         self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-        self._classify(servable, request.model_spec.signature_name, request.input, response.result)
+        self._classify(servable, name, signature, request.input, response.result)
         return response
 
     def regress_on(self, servable, request, response):
+        name, signature = self._examples_signature(servable, request.model_spec.signature_name)
         self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
-        self._regress(servable, request.model_spec.signature_name, request.input, response.result)
+        self._regress(servable, name, signature, request.input, response.result)
         return response
 
     def multi_inference_on(self, servable, request, response):
         """Callers check the tasks first (check_multi_inference_tasks)."""
         for task in request.tasks:
             result = response.results.add()
+            name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            signature = servable.bundle.signature_defs.get(name)
+            if signature is None:
+                raise invalid_argument(f"Requested signature not found in model graph: {name}")
             self._fill_spec(result.model_spec, servable, task.model_spec.signature_name)
             if task.method_name == CLASSIFY_METHOD:
-                self._classify(servable, task.model_spec.signature_name, request.input, result.classification_result)
+                self._classify(servable, name, signature, request.input, result.classification_result)
             elif task.method_name == REGRESS_METHOD:
-                self._regress(servable, task.model_spec.signature_name, request.input, result.regression_result)
+                self._regress(servable, name, signature, request.input, result.regression_result)
             else:
                 raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
         return response
 
-    def _examples_input(self, servable, signature_name, input_proto):
-        # Like TF Serving without --enable_signature_method_name_check (its default), any
-        # signature with one input of serialized tf.Examples serves classify and regress:
-        # TF2 SavedModels mark every signature as predict.
-        name, signature = self.signature(servable, signature_name)
+    @staticmethod
+    def _examples_signature(servable, signature_name):
+        """GetClassificationSignatureDef / GetRegressionSignatureDef: the signature by name."""
+        name = signature_name or DEFAULT_SIGNATURE
+        signature = servable.bundle.signature_defs.get(name)
+        if signature is None:
+            raise invalid_argument(f"No signature was found with the name: {name}")
+        return name, signature
+
+    # Like TF Serving without --enable_signature_method_name_check (its default), any signature
+    # of the right shape serves classify and regress: TF2 SavedModels mark every signature as predict.
+
+    def _run_examples(self, servable, name, input_proto, output_keys):
+        """PerformOneShotTensorComputation: serialized examples fed to the signature's 'inputs'."""
+        examples = serialized_examples(input_proto)
+        outputs = self.run_signature(servable, name, {CLASSIFY_INPUTS: examples}, output_keys, check_dtypes=False)
+        return len(examples), outputs
+
+    def _classify(self, servable, name, signature, input_proto, result):
+        """PreProcessClassification, the run, then PostProcessClassificationResult."""
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
-        return name, signature, {next(iter(signature.inputs)): serialized_examples(input_proto)}
-
-    def _classify(self, servable, signature_name, input_proto, result):
-        name, signature, inputs = self._examples_input(servable, signature_name, input_proto)
-        if "classes" not in signature.outputs and "scores" not in signature.outputs:
-            raise invalid_argument(
-                "Expected classification signature outputs to contain at least one of classes or scores.")
-        outputs = self.run_signature(servable, name, inputs)
-        rows = len(inputs[next(iter(inputs))])
-        classes, scores = (outputs[key].reshape(rows, -1) if key in outputs else None for key in ("classes", "scores"))
+        if len(signature.outputs) not in (1, 2):
+            raise invalid_argument(f"Expected one or two output Tensors, found {len(signature.outputs)}")
+        if CLASSIFY_INPUTS not in signature.inputs:
+            raise invalid_argument(f"No classification inputs found in SignatureDef: {signature_text(signature)}")
+        output_keys = tuple(key for key in (CLASSES, SCORES) if key in signature.outputs)
+        if not output_keys:
+            raise invalid_argument(f'Expected classification signature outputs to contain at least one of "{CLASSES}" '
+                                   f'or "{SCORES}". Signature was: {signature_text(signature)}')
+        rows, outputs = self._run_examples(servable, name, input_proto, output_keys)
+        classes, scores = (np.asarray(outputs[key]) if key in outputs else None for key in (CLASSES, SCORES))
+        for key, tensor, dtype in (("classes", classes, types_pb2.DT_STRING), ("scores", scores, types_pb2.DT_FLOAT)):
+            if tensor is None:
+                continue
+            if tensor.ndim != 2:
+                raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {shape_text(tensor)}")
+            given = tensor_type(tensor)
+            if given != dtype:
+                raise invalid_argument(f"Expected {key} Tensor of {types_pb2.DataType.Name(dtype)}. "
+                                       f"Got: {types_pb2.DataType.Name(given)}")
+            if tensor.shape[0] != rows:
+                raise invalid_argument(f"Expected {key} output batch size of {rows}. Got: {tensor.shape[0]}")
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise invalid_argument(f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. "
+                                   f"{scores.shape[1]}")
+        count = (classes if classes is not None else scores).shape[1]
         for i in range(rows):
             classifications = result.classifications.add()
-            for j in range((classes if classes is not None else scores).shape[1]):
+            for j in range(count):
                 item = classifications.classes.add()
                 if classes is not None:
-                    item.label = classes[i, j].decode()
+                    item.label = classes[i, j].decode("utf-8", "replace")
                 if scores is not None:
                     item.score = float(scores[i, j])
 
-    def _regress(self, servable, signature_name, input_proto, result):
-        name, signature, inputs = self._examples_input(servable, signature_name, input_proto)
-        if len(signature.outputs) != 1 or "outputs" not in signature.outputs:
+    def _regress(self, servable, name, signature, input_proto, result):
+        """PreProcessRegression, the run, then PostProcessRegressionResult."""
+        if len(signature.inputs) != 1:
+            raise invalid_argument("Expected one input Tensor.")
+        if len(signature.outputs) != 1:
             raise invalid_argument("Expected one output Tensor.")
-        values = self.run_signature(servable, name, inputs)["outputs"]
-        for value in np.asarray(values).reshape(len(inputs[next(iter(inputs))]), -1)[:, 0]:
+        if CLASSIFY_INPUTS not in signature.inputs:
+            raise invalid_argument(f"No regression inputs found in SignatureDef: {signature_text(signature)}")
+        if REGRESS_OUTPUTS not in signature.outputs:
+            raise invalid_argument(f"No regression outputs found in SignatureDef: {signature_text(signature)}")
+        rows, outputs = self._run_examples(servable, name, input_proto, (REGRESS_OUTPUTS,))
+        values = np.asarray(outputs[REGRESS_OUTPUTS])
+        if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+            raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                                   f"{shape_text(values)}")
+        if values.shape[0] != rows:
+            raise invalid_argument(f"Input batch size did not match output batch size: {rows} vs. {values.shape[0]}")
+        if tensor_type(values) != types_pb2.DT_FLOAT:
+            raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: "
+                                   f"{types_pb2.DataType.Name(tensor_type(values))}")
+        for value in values.reshape(-1):
             result.regressions.add().value = float(value)
 
     @staticmethod
@@ -241,6 +298,20 @@ def check_multi_inference_tasks(request):
     signatures = [task.model_spec.signature_name for task in request.tasks]
     if len(set(signatures)) != len(signatures):
         raise invalid_argument(f"Duplicate evaluation of signature: {signatures[0]}")
+
+
+def signature_text(signature):
+    """SignatureDef::DebugString."""
+    return text_format.MessageToString(signature)
+
+
+def shape_text(array):
+    """TensorShape::DebugString: [2,3]."""
+    return "[" + ",".join(str(d) for d in array.shape) + "]"
+
+
+def tensor_type(array):
+    return types_pb2.DT_STRING if array.dtype.kind in "OSU" else tf.dtypes.as_dtype(array.dtype).as_datatype_enum
 
 
 def serialized_examples(input_proto):

@@ -1,14 +1,20 @@
-"""TF Serving's HTTP/REST API (g3doc/api_rest.md) on aiohttp, over the shared core."""
+"""TF Serving's HTTP/REST API (g3doc/api_rest.md) on aiohttp, over the shared core.
+
+Every answer is JSON: results as TF Serving writes them, errors as {"error": message}
+with TF Serving's HTTP status, including aiohttp's own (malformed HTTP, body too large)
+and anything unexpected (500).
+"""
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
+from http import HTTPStatus
 from urllib.parse import unquote
 
 import grpc
-import orjson
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
 from google.protobuf import json_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_pb2, regression_pb2)
@@ -17,13 +23,47 @@ from model_server import json_tensors
 from model_server.core import DEFAULT_SIGNATURE
 from model_server.status import ServingError, invalid_argument
 
-# TF Serving's own URL grammar (http_rest_api_util.cc).
+log = logging.getLogger(__name__)
+
+# TF Serving's own URL grammar (http_rest_api_util.cc): matched case-insensitively, but
+# ProcessRequest then compares the verb and "metadata" exactly.
 PREDICTION_PATH = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
 STATUS_PATH = re.compile(
     r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 JSON_HEADERS = {"Content-Type": "application/json"}
 API_NAMES = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+
+
+def error_response(message, status):
+    return web.Response(body=json_tensors.error_json(message), status=status, headers=JSON_HEADERS)
+
+
+class JsonErrorRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering its own errors (bad HTTP, handler crash) in JSON."""
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        super().handle_error(request, status, exc, message)  # logs; refuses once a response has started
+        detail = f": {exc}" if exc is not None and status != 500 else ""
+        response = error_response(f"{HTTPStatus(status).phrase}{detail}", status)
+        response.force_close()
+        return response
+
+
+class JsonErrorServer(web_server.Server):
+    """aiohttp's low-level server, with JsonErrorRequestHandler connections."""
+
+    def __call__(self):
+        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class RestRunner(web.AppRunner):
+    """An AppRunner whose connections answer protocol errors in JSON."""
+
+    async def _make_server(self):
+        server = await super()._make_server()
+        return JsonErrorServer(server.request_handler, request_factory=server.request_factory, loop=server._loop,
+                               **server._kwargs)
 
 
 def model_spec_from_url(name, version, label):
@@ -59,19 +99,29 @@ class RestApi:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
+    def make_runner(self):
+        return RestRunner(self.make_app(), access_log=None)
+
     async def handle(self, request):
+        try:
+            return await self._handle(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - every failure still answers JSON
+            log.exception("Error handling %s %s", request.method, request.path)
+            return error_response(f"{type(error).__name__}: {error}", 500)
+
+    async def _handle(self, request):
         path = request.path
         if path in self.extra_routes and request.method == "GET":
             return await self.extra_routes[path](request)
         if request.content_length and request.content_length > self.max_body_bytes:
-            return self._error(invalid_argument(
-                f"Request body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes} bytes"),
-                status=413)
+            return error_response(
+                f"Request body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes} bytes", 413)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._error(invalid_argument(
-                f"Request body exceeds the limit of {self.max_body_bytes} bytes"), status=413)
+            return error_response(f"Request body exceeds the limit of {self.max_body_bytes} bytes", 413)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         work = loop.run_in_executor(self.executor, self.dispatch, request.method, path, body)
@@ -84,35 +134,32 @@ class RestApi:
             error = ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         self._record(request.method, path, error, time.perf_counter() - started)
         if error is not None:
-            return self._error(error)
+            return error_response(error.message, error.http_status)
         return web.Response(body=payload, headers=JSON_HEADERS)
 
     def _record(self, method, path, error, seconds):
         """request_count and request_latency for predict, classify and regress, as TF Serving records them."""
         match = PREDICTION_PATH.fullmatch(path) if method == "POST" else None
-        if self.metrics is not None and match:
+        if self.metrics is not None and match and match.group(4) in API_NAMES:
             status = "OK" if error is None else error.code.name
-            self.metrics.record_request(unquote(match.group(1)), API_NAMES[match.group(4).lower()], "REST", status,
-                                        seconds)
-
-    @staticmethod
-    def _error(error, status=None):
-        return web.Response(body=orjson.dumps({"error": error.message}), status=status or error.http_status,
-                            headers=JSON_HEADERS)
+            self.metrics.record_request(unquote(match.group(1)), API_NAMES[match.group(4)], "REST", status, seconds)
 
     def dispatch(self, method, path, body):
         """Serve one request; returns the JSON body or raises ServingError."""
+        malformed = invalid_argument(f"Malformed request: {method} {path}")
         if method == "POST" and (match := PREDICTION_PATH.fullmatch(path)):
             name, version, label, verb = match.groups()
             spec = model_spec_from_url(name, version, label)
-            return getattr(self, verb.lower())(spec, body)
+            if verb not in API_NAMES:
+                raise malformed
+            return getattr(self, verb)(spec, body)
         if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
-            name, version, label, metadata = match.groups()
+            name, version, label, subresource = match.groups()
+            spec = model_spec_from_url(name, version, label)
             if not name:
                 raise invalid_argument("Missing model name in request.")
-            spec = model_spec_from_url(name, version, label)
-            return self.metadata(spec) if metadata else self.status(spec)
-        raise invalid_argument(f"Malformed request: {method} {path}")
+            return self.metadata(spec) if subresource == "metadata" else self.status(spec)
+        raise malformed
 
     def predict(self, spec, body):
         with contextlib.ExitStack() as stack:
@@ -132,21 +179,22 @@ class RestApi:
         return json_tensors.predict_response_json(outputs, request_format)
 
     def classify(self, spec, body):
-        request = self._examples_request(spec, body, "classify", classification_pb2.ClassificationRequest)
+        request = self._examples_request(spec, body, classification_pb2.ClassificationRequest)
         response = self.core.classify(request, classification_pb2.ClassificationResponse())
         return json_tensors.classification_json(response.result)
 
     def regress(self, spec, body):
-        request = self._examples_request(spec, body, "regress", regression_pb2.RegressionRequest)
+        request = self._examples_request(spec, body, regression_pb2.RegressionRequest)
         response = self.core.regress(request, regression_pb2.RegressionResponse())
         return json_tensors.regression_json(response.result)
 
     @staticmethod
-    def _examples_request(spec, body, method, request_class):
-        """A Classification/RegressionRequest from a body with `examples` (and `context`)."""
-        document, signature_name = json_tensors.parse_json_object(body)
-        spec.signature_name = signature_name
-        return request_class(model_spec=spec, input=json_tensors.examples_input_from_json(document, method))
+    def _examples_request(spec, body, request_class):
+        """FillClassifyRegressRequestFromJson: a request from a body with `examples` (and `context`)."""
+        document, signature_name = json_tensors.read_request_object(body)
+        # A proto string holds text: a name that is not UTF-8 names no signature either way.
+        spec.signature_name = signature_name.encode("utf-8", "replace").decode()
+        return request_class(model_spec=spec, input=json_tensors.examples_input_from_json(document))
 
     def status(self, spec):
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)

@@ -150,7 +150,7 @@ class ModelServer:
             extra_routes = {prometheus.path or DEFAULT_PROMETHEUS_PATH: self._prometheus} if prometheus.enable else {}
             api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes, options.rest_api_timeout_in_ms,
                           extra_routes, self.metrics)
-            runner = web.AppRunner(api.make_app(), access_log=None)
+            runner = api.make_runner()
             await runner.setup()
             try:
                 await web.TCPSite(runner, options.bind_address, options.rest_api_port).start()

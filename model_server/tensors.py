@@ -5,5 +5,6 @@ from tensorflow.core.framework import types_pb2
 
 
 def dtype_name(dtype):
-    """TensorFlow's DataTypeString: 'float', 'double', 'int32', 'string', ..."""
-    return {types_pb2.DT_FLOAT: "float", types_pb2.DT_DOUBLE: "double"}.get(dtype, tf.dtypes.as_dtype(dtype).name)
+    """TensorFlow's DataTypeString: 'float', 'double', 'half', 'int32', 'string', ..."""
+    return {types_pb2.DT_FLOAT: "float", types_pb2.DT_DOUBLE: "double", types_pb2.DT_HALF: "half"}.get(
+        dtype, tf.dtypes.as_dtype(dtype).name)

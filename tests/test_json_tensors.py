@@ -7,7 +7,7 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from model_server.json_tensors import (_dense_shape_of_numeric_json, fast_float_request,
+from model_server.json_tensors import (_dense_shape_of_numeric_json, _float32_as_rapidjson, fast_float_request,
                                        predict_request_from_json)
 from model_server.status import ServingError
 
@@ -48,7 +48,6 @@ def test_fast_path_equals_exact_path():
 @pytest.mark.parametrize("body", [
     big([[1.0]] * 5000 + [[1.0, 2.0]]),  # ragged
     big([[True]] * 5000),  # booleans are not floats
-    big([[1e300]] * 5000),  # out of float range
 ])
 def test_fast_path_steps_aside_for_the_exact_errors(body):
     with pytest.raises(ServingError) as fast_or_exact:
@@ -63,3 +62,33 @@ def test_fast_path_steps_aside_for_the_exact_errors(body):
 def test_fast_path_declines_unusual_bodies_and_the_exact_path_serves_them(body):
     assert fast_float_request(body) is None
     np.testing.assert_array_equal(predict_request_from_json(body, float_input())[1]["x"], np.full([5000, 1], 0.5))
+
+
+def test_fast_path_turns_floats_beyond_float32_into_inf_as_the_exact_path_does():
+    body = big([[1e300], [-1e300], [0.5]] * 2000)
+    assert fast_float_request(body) is not None
+    expected = np.array([[np.inf], [-np.inf], [0.5]] * 2000, dtype=np.float32)
+    np.testing.assert_array_equal(predict_request_from_json(body, float_input())[1]["x"], expected)
+
+
+@pytest.mark.parametrize("token, value", [("NaN", np.nan), ("Infinity", np.inf), ("-Infinity", -np.inf)])
+def test_nan_and_infinity_tokens_take_the_exact_path(token, value):
+    body = json.dumps({"instances": [[0.5]] * 5000}).replace("0.5]]", f"{token}]]").encode()
+    assert fast_float_request(body) is None
+    tensor = predict_request_from_json(body, float_input())[1]["x"]
+    np.testing.assert_array_equal(tensor[-1], [value])
+    assert tensor.shape == (5000, 1)
+
+
+def test_fast_path_declines_a_double_within_a_few_ulps_of_a_float32_rounding_boundary():
+    midpoint = (1.0 + 2.0 ** -24)  # halfway between two float32s: a few ulps of double decide the rounding
+    values = np.full([5000, 1], midpoint)
+    assert _float32_as_rapidjson(values) is None
+    assert _float32_as_rapidjson(np.full([5000, 1], 0.1)) is not None
+
+
+def test_fast_path_only_serves_float32_signatures():
+    body = big([[0.1]] * 5000)
+    double_input = meta_graph_pb2.TensorInfo(dtype=types_pb2.DT_DOUBLE)
+    tensor = predict_request_from_json(body, lambda signature_name: {"x": double_input})[1]["x"]
+    assert tensor.dtype == np.float64 and tensor[0, 0] == 0.1

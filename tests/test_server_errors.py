@@ -46,18 +46,20 @@ REST_ERRORS = [
     ("POST", "/v1/models/hp:predict", '{"signature_name": "nope", "instances": [1.0]}', 400,
      'Serving signature name: "nope" not found in signature def'),
     ("POST", "/v1/models/hp:predict", "", 400, "JSON Parse error: The document is empty"),
-    ("POST", "/v1/models/hp:predict", "[1, 2]", 400, "JSON Value: [1,2] Is not object"),
+    # TF Serving writes a "JSON Value" with rapidjson's PrettyWriter: arrays on one line, objects indented.
+    ("POST", "/v1/models/hp:predict", "[1, 2]", 400, "JSON Value: [1, 2] Is not object"),
     ("POST", "/v1/models/hp:predict", '{"signature_name": 3, "instances": [1.0]}', 400,
-     "JSON Value: {\"signature_name\":3,\"instances\":[1.0]} not formatted correctly. 'signature_name' key must "
-     "be a string value."),
+     "JSON Value: {\n    \"signature_name\": 3,\n    \"instances\": [1.0]\n} not formatted correctly. "
+     "'signature_name' key must be a string value."),
     ("POST", "/v1/models/hp:predict", '{"x": [1.0]}', 400, "Missing 'inputs' or 'instances' key"),
     ("POST", "/v1/models/hp:predict", '{"instances": [1.0], "inputs": [1.0]}', 400,
-     "JSON Value: {\"instances\":[1.0],\"inputs\":[1.0]} Not formatted correctly expecting only one of 'inputs' "
-     "or 'instances' keys to exist "),
+     "JSON Value: {\n    \"instances\": [1.0],\n    \"inputs\": [1.0]\n} Not formatted correctly expecting only one "
+     "of 'inputs' or 'instances' keys to exist "),
     ("POST", "/v1/models/hp:predict", '{"instances": 1.0}', 400,
-     "JSON Value: {\"instances\":1.0} Excepting 'instances' to be an list/array"),
+     # TF Serving fixed its "Excepting" typo in 2020.
+     "JSON Value: {\n    \"instances\": 1.0\n} Expecting 'instances' to be an list/array"),
     ("POST", "/v1/models/hp:predict", '{"instances": []}', 400,
-     "JSON Value: {\"instances\":[]} No values in 'instances' array"),
+     "JSON Value: {\n    \"instances\": []\n} No values in 'instances' array"),
     ("POST", "/v1/models/hp:predict", '{"instances": [[1.0], [1.0, 2.0]]}', 400,
      "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 1 "
      "but got: 2"),
@@ -71,22 +73,22 @@ REST_ERRORS = [
      "Failed to process element: 0 key: y of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does not "
      "have named input: y"),
     ("POST", "/v1/models/hp:predict", '{"inputs": {"y": [1.0]}}', 400, "Missing named input: x in 'inputs' object."),
-    ("POST", "/v1/models/hp:predict", '{"instances": [1e300]}', 400,
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: Cannot convert JSON value: "
-     "1e+300 to float without loss of precision."),
+    # TF Serving's message names classify for regress requests too.
     ("POST", "/v1/models/hp:regress", '{"signature_name": "regress_x_to_y"}', 400,
-     "JSON Value: {\"signature_name\":\"regress_x_to_y\"} When method is regress, key 'examples' is expected and "
-     "was not found"),
+     "JSON Value: {\n    \"signature_name\": \"regress_x_to_y\"\n} When method is classify, key 'examples' is "
+     "expected and was not found"),
     ("POST", "/v1/models/hp:classify", '{"signature_name": "classify_x_to_y", "examples": []}', 400,
-     "JSON Value: {\"signature_name\":\"classify_x_to_y\",\"examples\":[]} 'examples' value is an empty array"),
+     "JSON Value: {\n    \"signature_name\": \"classify_x_to_y\",\n    \"examples\": []\n} 'examples' value is an "
+     "empty array"),
     ("POST", "/v1/models/hp:classify", '{"signature_name": "classify_x_to_y", "examples": [{"x": [1.0, "a"]}]}',
      400, "Unexpected element type in feature: x expecting type: float"),
     ("POST", "/v1/models/hp:classify", '{"signature_name": "classify_x_to_y", "examples": [{"x": null}]}', 400,
      "Feature: x has element with unexpected JSON type: Null"),
     ("POST", "/v1/models/hp:classify", '{"signature_name": "classify_x_to_y", "examples": [3]}', 400,
      "Example must be JSON object but got JSON Number"),
+    # classifier.cc's own message (GetClassificationSignatureDef), not predict's.
     ("POST", "/v1/models/hp:classify", '{"signature_name": "nope", "examples": [{"x": 1.0}]}', 400,
-     'Serving signature key "nope" not found.'),
+     "No signature was found with the name: nope"),
 ]
 
 

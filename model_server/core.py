@@ -12,9 +12,10 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from model_server.cli import DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS
 from model_server.manager import AVAILABLE, END, LOADING, START, UNLOADING
 from model_server.status import ServingError, failed_precondition, invalid_argument, not_found
-from model_server.tensors import DEFAULT_MAX_TENSOR_ELEMENTS, dtype_name, tensor_to_proto, tensors_from_protos
+from model_server.tensors import dtype_name, tensor_to_proto, tensors_from_protos
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -23,7 +24,7 @@ STATE_NUMBERS = {START: 10, LOADING: 20, AVAILABLE: 30, UNLOADING: 40, END: 50}
 
 
 class ServingCore:
-    def __init__(self, manager, batcher=None, metrics=None, max_tensor_elements=DEFAULT_MAX_TENSOR_ELEMENTS,
+    def __init__(self, manager, batcher=None, metrics=None, max_tensor_elements=DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS,
                  tensor_content=False):
         self.manager = manager
         self.batcher = batcher

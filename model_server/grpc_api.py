@@ -8,6 +8,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
+from model_server.cli import DEFAULT_MAX_GRPC_REQUEST_BYTES
 from model_server.status import ServingError
 
 log = logging.getLogger("model_server")
@@ -101,9 +102,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
+def server_options(channel_arguments=()):
+    """The server's channel arguments: no send limit, requests up to DEFAULT_MAX_GRPC_REQUEST_BYTES,
+    each overridden by --grpc_channel_arguments as in TF Serving."""
+    options = dict(CHANNEL_OPTIONS)
+    options["grpc.max_receive_message_length"] = DEFAULT_MAX_GRPC_REQUEST_BYTES
+    options.update(channel_arguments)
+    return list(options.items())
+
+
 def make_grpc_server(core, reload_config, executor, channel_arguments=(), metrics=None):
     logging.getLogger("grpc._common").addFilter(_DESERIALIZATION_ERRORS)
-    server = grpc.server(executor, options=CHANNEL_OPTIONS + list(channel_arguments))
+    server = grpc.server(executor, options=server_options(channel_arguments))
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_config), server)
     return server

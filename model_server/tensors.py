@@ -16,10 +16,6 @@ from model_server.status import ServingError, invalid_argument
 
 MAX_DIMS = 254  # TensorShape::MaxDimensions()
 INT64_MAX = (1 << 63) - 1
-# TF Serving accepts gRPC messages of up to 2 GiB (kint32max); a tensor may claim no more elements
-# than such a message could carry as float32 `tensor_content`.
-LARGEST_MESSAGE_BYTES = (1 << 31) - 1
-DEFAULT_MAX_TENSOR_ELEMENTS = LARGEST_MESSAGE_BYTES // 4
 _CHUNK = 1 << 16  # values copied into a repeated field per step: no list of a whole large tensor
 
 # The repeated field that carries each dtype's values (tensor.cc's ProtoHelper), for every dtype
@@ -95,7 +91,7 @@ def element_count(proto, alias, max_elements):
     return elements
 
 
-def tensors_from_protos(protos, max_elements=DEFAULT_MAX_TENSOR_ELEMENTS):
+def tensors_from_protos(protos, max_elements):
     """A request's {alias: TensorProto} -> {alias: numpy array}, read as Tensor::FromProto reads them.
 
     Every proto is checked (`element_count`) before any is built, and together they may claim at

@@ -123,8 +123,8 @@ def _build(proto, alias, elements):
         proto = trimmed
     try:
         return tf.make_ndarray(proto)
-    except (TypeError, ValueError):
-        raise _parsing_error(alias) from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int_val past uint8's range, say,
+        raise _parsing_error(alias) from None        # which TensorFlow would wrap around
 
 
 def tensor_to_proto(array, proto, as_tensor_content=False):

@@ -109,17 +109,20 @@ def tensors_from_protos(protos, max_elements):
 
 
 def _build(proto, alias, elements):
+    """tf.make_ndarray, on what Tensor::FromProto reads: nothing when the shape has no elements,
+    else `tensor_content` if set, else the typed field's first `elements` values."""
     field = VALUE_FIELDS[proto.dtype]
-    values_per_element = 2 if proto.dtype in _COMPLEX else 1
-    if (not elements and proto.tensor_content) or len(getattr(proto, field)) > elements * values_per_element:
+    limit = elements * (2 if proto.dtype in _COMPLEX else 1)
+    if not elements:
+        proto = type(proto)(dtype=proto.dtype, tensor_shape=proto.tensor_shape)
+    elif not proto.tensor_content and len(getattr(proto, field)) > limit:
         trimmed = type(proto)()
         trimmed.CopyFrom(proto)
-        trimmed.ClearField("tensor_content")
         values = getattr(trimmed, field)
         if isinstance(values, bytes):
-            setattr(trimmed, field, values[:elements])
+            setattr(trimmed, field, values[:limit])
         else:
-            del values[elements * values_per_element:]
+            del values[limit:]
         proto = trimmed
     try:
         return tf.make_ndarray(proto)

@@ -188,6 +188,11 @@ def test_a_million_padded_elements_within_the_default_bound(stub):
     assert len(response.outputs["y"].float_val) == 1 << 20 and set(response.outputs["y"].float_val) == {4.0}
 
 
+def test_tensor_content_wins_over_the_typed_field(stub):
+    request = predict_request(dims=(2, 1), tensor_content=np.float32([1.0, 5.0]).tobytes(), float_val=[7.0, 7.0, 7.0])
+    assert list(stub.Predict(request, timeout=30).outputs["y"].float_val) == [2.5, 4.5]
+
+
 def test_tensor_content_of_an_empty_tensor_is_ignored(stub):
     response = stub.Predict(predict_request(dims=(0, 1), tensor_content=b"\x01\x02\x03"), timeout=30)
     assert [d.size for d in response.outputs["y"].tensor_shape.dim] == [0, 1]

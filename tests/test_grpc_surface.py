@@ -12,7 +12,7 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_ma
                                      prediction_log_pb2, prediction_service_pb2_grpc, regression_pb2)
 
 from model_server.cli import DEFAULT_MAX_GRPC_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS
-from model_server.grpc_api import ModelService, _serve
+from model_server.grpc_api import ModelService, _serve, server_options
 from model_server.tensors import VALUE_FIELDS, tensor_to_proto, tensors_from_protos
 from server_harness import copy_fixture, run_server_to_exit, running_server
 from utils.server import free_port
@@ -278,6 +278,12 @@ def test_a_message_past_the_limit_is_refused_by_grpc(server, stub):
     assert details.endswith(f"Received message larger than max ({request.ByteSize()} vs. "
                             f"{DEFAULT_MAX_GRPC_REQUEST_BYTES})")
     assert_still_serving(server, stub)
+
+
+def test_grpc_channel_arguments_raise_the_message_limit_as_in_tf_serving():
+    assert dict(server_options())["grpc.max_receive_message_length"] == DEFAULT_MAX_GRPC_REQUEST_BYTES
+    raised = dict(server_options([("grpc.max_receive_message_length", 1 << 30)]))
+    assert raised["grpc.max_receive_message_length"] == 1 << 30 and raised["grpc.max_send_message_length"] == -1
 
 
 def _random_tensor(rng):

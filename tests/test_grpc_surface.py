@@ -12,7 +12,7 @@ from tensorflow_serving.apis import (classification_pb2, inference_pb2, model_ma
                                      prediction_log_pb2, prediction_service_pb2_grpc, regression_pb2)
 
 from model_server.cli import DEFAULT_MAX_GRPC_REQUEST_BYTES, DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS
-from model_server.grpc_api import ModelService, _serve, server_options
+from model_server.grpc_api import ModelService, _serve, as_serving_error, server_options
 from model_server.tensors import VALUE_FIELDS, tensor_to_proto, tensors_from_protos
 from server_harness import copy_fixture, run_server_to_exit, running_server
 from utils.server import free_port
@@ -268,6 +268,9 @@ def test_bytes_that_are_not_a_predict_request(server, stub):
     assert grpc_status(raw_predict, b"\xff\xff\xff\xff not a proto") == (
         grpc.StatusCode.INTERNAL, "Exception deserializing request!")
     assert_still_serving(server, stub)
+    log = server[0].log()
+    assert "Exception deserializing message! Error parsing message with type 'tensorflow.serving.PredictRequest'" in log
+    assert "Traceback" not in log
 
 
 def test_a_message_past_the_limit_is_refused_by_grpc(server, stub):
@@ -365,11 +368,17 @@ def _fails(*_):
     raise KeyError(20)
 
 
-def test_an_unforeseen_exception_becomes_internal_not_unknown():
+def test_an_unforeseen_exception_becomes_internal_not_unknown(caplog):
     context = RecordingContext()
     with pytest.raises(grpc.RpcError):
         _serve(_fails, predict_pb2.PredictRequest(), predict_pb2.PredictResponse(), context, api="Predict")
     assert context.status == (grpc.StatusCode.INTERNAL, "Predict failed: KeyError: 20")
+    assert [(r.getMessage(), r.exc_info) for r in caplog.records] == [("Predict failed: KeyError: 20", None)]
+
+
+def test_memory_error_becomes_resource_exhausted():
+    error = as_serving_error(MemoryError(), "Predict")
+    assert (error.code, error.message) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "Predict ran out of memory")
 
 
 def test_an_unforeseen_exception_in_reload_config_is_an_internal_status():

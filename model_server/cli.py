@@ -4,6 +4,12 @@ import argparse
 from dataclasses import dataclass
 
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+# TF Serving accepts gRPC requests of up to 2 GiB; this server, unless --grpc_channel_arguments sets
+# grpc.max_receive_message_length, 64 MiB: one 64 MiB batch of float images already peaks at about
+# 2 GB in the lab's model. A request's tensors may claim as many elements as such a message carries
+# as float32, so a 50-byte request cannot claim more than a 64 MiB one sends.
+DEFAULT_MAX_GRPC_REQUEST_BYTES = 64 << 20
+DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS = DEFAULT_MAX_GRPC_REQUEST_BYTES // 4
 
 
 @dataclass(frozen=True)
@@ -32,9 +38,14 @@ FLAGS = {
     "batching_parameters_file": Flag(str, "", "text-format BatchingParameters"),
     "enable_model_warmup": Flag(bool, True, "replay assets.extra/tf_serving_warmup_requests at load"),
     "num_request_iterations_for_warmup": Flag(int, 1, "times each warmup record is replayed"),
+    "enable_serialization_as_tensor_content": Flag(bool, False, "Predict outputs in tensor_content, not the typed "
+                                                                "fields (float_val, ...)"),
     # Not in TF Serving: this server listens on loopback unless told otherwise.
     "bind_address": Flag(str, "127.0.0.1", "address to listen on (TF Serving's Docker image: 0.0.0.0)"),
-    "rest_api_max_body_bytes": Flag(int, 256 << 20, "largest REST request body accepted"),
+    "rest_api_max_body_bytes": Flag(int, 64 << 20, "largest REST request body accepted"),
+    # Not in TF Serving: a 50-byte TensorProto may claim a terabyte-sized shape.
+    "max_request_tensor_elements": Flag(int, DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS,
+                                        "most elements the input tensors of one request may claim in all"),
 }
 # TF Serving flags this server does not implement: refused, not silently ignored.
 UNSUPPORTED_FLAGS = {

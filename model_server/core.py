@@ -13,9 +13,10 @@ from google.protobuf import any_pb2, text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from model_server.cli import DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS
 from model_server.manager import AVAILABLE, END, LOADING, START, UNLOADING
 from model_server.status import ServingError, failed_precondition, invalid_argument, not_found
-from model_server.tensors import dtype_name
+from model_server.tensors import dtype_name, tensor_to_proto, tensors_from_protos
 
 DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -25,10 +26,13 @@ STATE_NUMBERS = {START: 10, LOADING: 20, AVAILABLE: 30, UNLOADING: 40, END: 50}
 
 
 class ServingCore:
-    def __init__(self, manager, batcher=None, metrics=None):
+    def __init__(self, manager, batcher=None, metrics=None, max_tensor_elements=DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS,
+                 tensor_content=False):
         self.manager = manager
         self.batcher = batcher
         self.metrics = metrics
+        self.max_tensor_elements = max_tensor_elements  # --max_request_tensor_elements
+        self.tensor_content = tensor_content  # --enable_serialization_as_tensor_content
 
     # --- model specs -----------------------------------------------------------
 
@@ -115,17 +119,12 @@ class ServingCore:
     # replay, which runs before the version is available to requests).
 
     def predict_on(self, servable, request, response):
-        inputs = {}
-        for key, proto in request.inputs.items():
-            try:
-                inputs[key] = tf.make_ndarray(proto)
-            except (TypeError, ValueError):
-                raise invalid_argument(f"tensor parsing error: {key}") from None
+        inputs = tensors_from_protos(request.inputs, self.max_tensor_elements)
         outputs = self.run_signature(servable, request.model_spec.signature_name, inputs,
                                      tuple(request.output_filter))
         self._fill_spec(response.model_spec, servable, request.model_spec.signature_name)
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            tensor_to_proto(value, response.outputs[key], self.tensor_content)
         return response
 
     def classify_on(self, servable, request, response):

@@ -68,7 +68,8 @@ class ModelServer:
                     inter_op_threads=options.tensorflow_inter_op_parallelism),
             allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
             on_loaded=self._warm_up, metrics=self.metrics)
-        self.core = ServingCore(self.manager, self.batcher, self.metrics)
+        self.core = ServingCore(self.manager, self.batcher, self.metrics, options.max_request_tensor_elements,
+                                options.enable_serialization_as_tensor_content)
         self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="serving")
         self._config_text = None
 

@@ -152,7 +152,8 @@ def sha1(text):
 
 def test_tfhub_handle_redirected_to_a_tarball_downloads_into_tf_hubs_cache(
         loopback, loopback_model, classifier_tarball, tmp_path):
-    loopback.routes.update({HANDLE: redirect("/kaggle/resnet.tar.gz"), "/kaggle/resnet.tar.gz": serve(classifier_tarball)})
+    loopback.routes[HANDLE] = redirect("/kaggle/resnet.tar.gz")
+    loopback.routes["/kaggle/resnet.tar.gz"] = serve(classifier_tarball)
     saved_model_dir = catalog.prepare_model(loopback_model, cache=tmp_path)
     assert f"{HANDLE}?tf-hub-format=compressed" in loopback.requests, "asked the tensorflow_hub way"
     assert saved_model_dir == tmp_path / "tfhub" / sha1(loopback_model.source)
@@ -231,7 +232,7 @@ def test_a_local_directory_works_as_the_mirror(loopback, classifier_tarball, tmp
 
 def test_a_local_mirror_without_the_model_is_named_in_the_error(loopback, loopback_model, tmp_path, monkeypatch):
     monkeypatch.setenv(catalog.TFHUB_MIRROR_ENV, str(tmp_path / "empty-stick"))
-    with pytest.raises(LabError, match=rf"the workshop mirror \({tmp_path}/empty-stick/{MODEL_PATH}\.tar\.gz\) "
-                                       r"answered .*No such file or directory"):
+    missing = rf"{tmp_path}/empty-stick/{MODEL_PATH}\.tar\.gz"
+    with pytest.raises(LabError, match=rf"the workshop mirror \({missing}\) answered .*No such file or directory"):
         catalog.prepare_model(loopback_model, cache=tmp_path / "cache")
     assert tfhub_cache_entries(tmp_path / "cache") == []

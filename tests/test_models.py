@@ -22,7 +22,7 @@ def test_unknown_catalog_is_one_clear_sentence():
 
 def test_auto_falls_back_to_offline_and_says_so(monkeypatch, capsys):
     monkeypatch.delenv("LAB_CATALOG", raising=False)
-    monkeypatch.setattr(catalog, "tfhub_answers", lambda: False)
+    monkeypatch.setattr(catalog, "tfhub_answers", lambda *timeout: False)
     assert catalog.resolve_catalog("auto") == "offline"
     assert capsys.readouterr().out == ("Catalog 'auto': TF Hub did not answer within 3 s, using 'offline' "
                                        "(EfficientNet-Lite0 and Lite1 from PyPI wheels).\n")
@@ -30,7 +30,7 @@ def test_auto_falls_back_to_offline_and_says_so(monkeypatch, capsys):
 
 def test_auto_prefers_tfhub_when_it_answers(monkeypatch, capsys):
     monkeypatch.delenv("LAB_CATALOG", raising=False)
-    monkeypatch.setattr(catalog, "tfhub_answers", lambda: True)
+    monkeypatch.setattr(catalog, "tfhub_answers", lambda *timeout: True)
     assert catalog.resolve_catalog("auto") == "tfhub"
     assert "using 'tfhub'" in capsys.readouterr().out
 
@@ -38,7 +38,7 @@ def test_auto_prefers_tfhub_when_it_answers(monkeypatch, capsys):
 @pytest.mark.parametrize("chosen", ["offline", "tfhub"])
 def test_lab_catalog_decides_auto_without_probing(monkeypatch, capsys, chosen):
     monkeypatch.setenv("LAB_CATALOG", chosen)
-    monkeypatch.setattr(catalog, "tfhub_answers", lambda: pytest.fail("TF Hub was probed"))
+    monkeypatch.setattr(catalog, "tfhub_answers", lambda *timeout: pytest.fail("TF Hub was probed"))
     assert catalog.resolve_catalog("auto") == chosen
     assert capsys.readouterr().out.startswith(f"Catalog 'auto': LAB_CATALOG is set, using '{chosen}' (")
 

@@ -91,6 +91,19 @@ def tfhub_answers(timeout=TFHUB_PROBE_TIMEOUT_SECONDS):
     return True
 
 
+def tfhub_reachable(timeout=TFHUB_PROBE_TIMEOUT_SECONDS):
+    """True when the first source of the tfhub catalog answers: the workshop mirror if set, else TF Hub."""
+    if not os.environ.get(TFHUB_MIRROR_ENV):
+        return tfhub_answers(timeout)
+    _, first_tarball = tfhub_sources(CATALOGS["tfhub"][0])[0]
+    if not first_tarball.startswith(("http://", "https://")):
+        return Path(first_tarball).is_file()
+    try:
+        return requests.head(first_tarball, timeout=timeout, allow_redirects=True).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def resolve_catalog(catalog):
     """Check a catalog name and turn 'auto' into 'tfhub' or 'offline', saying which in one line.
 
@@ -102,15 +115,16 @@ def resolve_catalog(catalog):
     if catalog != "auto":
         return catalog
     chosen = os.environ.get(CATALOG_ENV_VAR)
+    source = "the workshop mirror" if os.environ.get(TFHUB_MIRROR_ENV) else "TF Hub"
     if chosen:
         if chosen not in CATALOGS:
             raise LabError(f"{CATALOG_ENV_VAR}={chosen!r} is not a catalog: set it to one of "
                            f"{', '.join(map(repr, CATALOGS))}, or unset it.")
         reason = f"{CATALOG_ENV_VAR} is set"
-    elif tfhub_answers():
-        chosen, reason = "tfhub", "TF Hub answered"
+    elif tfhub_reachable():
+        chosen, reason = "tfhub", f"{source} answered"
     else:
-        chosen, reason = "offline", f"TF Hub did not answer within {TFHUB_PROBE_TIMEOUT_SECONDS:.0f} s"
+        chosen, reason = "offline", f"{source} did not answer within {TFHUB_PROBE_TIMEOUT_SECONDS:.0f} s"
     print(f"Catalog 'auto': {reason}, using '{chosen}' ({CATALOG_TITLES[chosen]}).")
     return chosen
 
@@ -212,7 +226,7 @@ def _prepare_tfhub(model, tfhub_cache):
     cache before it is verified, and a failed download leaves nothing behind.
     """
     target = _tfhub_module_dir(tfhub_cache, model.source)
-    if not (target / "saved_model.pb").exists():
+    if not is_prepared(model, tfhub_cache.parent):
         tfhub_cache.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=tfhub_cache))
         try:
@@ -267,7 +281,7 @@ def _convert_offline(model, target):
 def _prepare_offline(model, offline_cache):
     """The SavedModel of an offline model in `offline_cache`, converted once."""
     target = offline_cache / model.cache_key
-    if (target / "saved_model.pb").exists():
+    if is_prepared(model, offline_cache.parent):
         return target
     offline_cache.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=offline_cache))
@@ -277,6 +291,19 @@ def _prepare_offline(model, offline_cache):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cached_model_dir(model, cache=None):
+    """Where the cache keeps `model`'s SavedModel (whether it is there yet or not)."""
+    cache = Path(cache) if cache else cache_dir()
+    if model.from_tfhub:
+        return _tfhub_module_dir(cache / "tfhub", model.source)
+    return cache / "offline" / model.cache_key
+
+
+def is_prepared(model, cache=None):
+    """True when `model` is in the cache: the lab needs no network or conversion for it."""
+    return (cached_model_dir(model, cache) / "saved_model.pb").exists()
 
 
 def prepare_model(model, cache=None):

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from conftest import PROJECT_ROOT
-from utils import deploy, serving
+from utils import catalog, deploy, serving
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 LAB_KERNEL = "tfserving-lab"
@@ -26,6 +26,7 @@ def code_cell_defining(notebook_name, definition):
 
 
 @pytest.mark.parametrize("notebook_name, obj", [
+    ("01_classify_images.ipynb", catalog.load_model),
     ("02_serving_signatures.ipynb", serving.ServingModule),
     ("03_export_savedmodel.ipynb", serving.export_servable),
     ("04_deploy.ipynb", deploy.models_config),

@@ -1,5 +1,6 @@
 """TF Serving's gRPC services (PredictionService, ModelService) over the shared core."""
 
+import logging
 import time
 
 import grpc
@@ -7,7 +8,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from model_server.status import ServingError
+from model_server.status import ServingError, invalid_argument
+
+log = logging.getLogger("model_server")
 
 # TF Serving lifts gRPC's 4 MB default message size (a batch of 32 float images is 19 MB); so do the
 # lab's clients, with these same options.
@@ -61,12 +64,17 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _serve(self.core.status, request, get_model_status_pb2.GetModelStatusResponse(), context)
 
     def HandleReloadConfigRequest(self, request, context):
-        response = model_management_pb2.ReloadConfigResponse()
+        """As TF Serving: a refused config fails the call with its status (and logs it)."""
         try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                                       "Only ModelConfigList is currently supported")
             self.reload_config(request.config)
         except ServingError as error:
-            response.status.error_code = error.code.value[0]
-            response.status.error_message = error.message
+            log.error("ReloadConfig failed: %s", error.message)
+            context.abort(error.code, error.message)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # TF Serving always sets the status, OK included
         return response
 
 

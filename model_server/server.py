@@ -7,7 +7,6 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 from aiohttp import web
 
@@ -79,9 +78,7 @@ class ModelServer:
         # As in TF Serving, a config file wins over --model_name/--model_base_path (the Docker
         # image's entrypoint always passes both).
         if self.options.model_config_file:
-            config = read_model_server_config(self.options.model_config_file)
-            self._config_text = Path(self.options.model_config_file).read_text()
-            return config
+            return read_model_server_config(self.options.model_config_file)
         return single_model_config(self.options.model_name, self.options.model_base_path)
 
     def reload_config(self, config):
@@ -103,39 +100,35 @@ class ModelServer:
                 self.manager.poll_file_system()
 
     def _poll_config_file(self):
-        try:
-            text = Path(self.options.model_config_file).read_text()
-        except OSError as error:
-            log.error("Failed to read ModelServerConfig file: %s", error)
-            return
-        if text == self._config_text:
-            return
+        """TF Serving's PollFilesystemAndReloadConfig: every poll reads the file and reloads it.
+
+        So a refused config is tried again at the next poll, against the versions' states then.
+        """
         try:
             config = read_model_server_config(self.options.model_config_file)
-            self.reload_config(config)
         except ConfigError as error:
             log.error("Failed to read ModelServerConfig file: %s", error)
             return
+        try:
+            self.reload_config(config)
         except ServingError as error:
             log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
-            return
-        finally:
-            self._config_text = text
-        log.info("Reloaded model config from %s", self.options.model_config_file)
 
     async def serve(self):
         options = self.options
         grpc_server = make_grpc_server(self.core, self.reload_config, self.executor,
                                        parse_channel_arguments(options.grpc_channel_arguments), self.metrics)
-        grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
+        if options.port:  # --port=0 serves gRPC on --grpc_socket_path only, as TF Serving does
+            grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
         if options.grpc_socket_path:
             grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
         grpc_server.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
+        if options.port:
+            log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
         if options.grpc_socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
         runner = None
-        if options.rest_api_port == options.port:
+        if options.rest_api_port and options.rest_api_port == options.port:
             log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
                       "HTTP/REST API. Skipped exporting HTTP/REST API.")
         elif options.rest_api_port:
@@ -185,7 +178,8 @@ def main(argv=None):
         log.error("%s", error)
         return 1
     except ServingError as error:
-        log.error("Error while loading models: %s", error.message)
+        # TF Serving's main prints its failed start-up status on stdout and exits.
+        print(f"Failed to start server. Error: {error.code.name}: {error.message}", flush=True)
         server.manager.close()
         return 1
     asyncio.run(server.serve())

@@ -51,8 +51,11 @@ class ServingCore:
 
     # --- running ---------------------------------------------------------------
 
-    def run_signature(self, servable, signature_name, inputs, output_filter=()):
-        """Check inputs against the signature and run it: {key: array} -> {key: array}."""
+    def run_signature(self, servable, signature_name, inputs, output_filter=(), api="Predict"):
+        """Check inputs against the signature and run it: {key: array} -> {key: array}.
+
+        A successful run records runtime_latency under `api` (None: not recorded, as for MultiInference).
+        """
         name, signature = self.signature(servable, signature_name)
         extra = sorted(set(inputs) - set(signature.inputs))
         missing = sorted(set(signature.inputs) - set(inputs))
@@ -78,14 +81,15 @@ class ServingCore:
         started = time.perf_counter()
         try:
             if self.batcher is not None:
-                return self.batcher.run(servable, name, inputs, tuple(output_filter))
-            return servable.bundle.run(name, inputs, output_filter)
+                outputs = self.batcher.run(servable, name, inputs, tuple(output_filter))
+            else:
+                outputs = servable.bundle.run(name, inputs, output_filter)
         except tf.errors.OpError as error:
             raise ServingError.from_tf_error(error) from None
-        finally:
-            if self.metrics is not None:
-                self.metrics.runtime_latency.labels(servable.name, "Predict", "TF1").observe(
-                    (time.perf_counter() - started) * 1e6)
+        if self.metrics is not None and api is not None:
+            latency_micros = (time.perf_counter() - started) * 1e6
+            self.metrics.runtime_latency.labels(servable.name, api, "TF1").observe(latency_micros)
+        return outputs
 
     def predict(self, request, response):
         """PredictionService.Predict on TF Serving's protos."""
@@ -138,9 +142,11 @@ class ServingCore:
             result = response.results.add()
             self._fill_spec(result.model_spec, servable, task.model_spec.signature_name)
             if task.method_name == CLASSIFY_METHOD:
-                self._classify(servable, task.model_spec.signature_name, request.input, result.classification_result)
+                self._classify(servable, task.model_spec.signature_name, request.input, result.classification_result,
+                               api=None)
             elif task.method_name == REGRESS_METHOD:
-                self._regress(servable, task.model_spec.signature_name, request.input, result.regression_result)
+                self._regress(servable, task.model_spec.signature_name, request.input, result.regression_result,
+                              api=None)
             else:
                 raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
         return response
@@ -154,12 +160,12 @@ class ServingCore:
             raise invalid_argument("Expected one input Tensor.")
         return name, signature, {next(iter(signature.inputs)): serialized_examples(input_proto)}
 
-    def _classify(self, servable, signature_name, input_proto, result):
+    def _classify(self, servable, signature_name, input_proto, result, api="Classify"):
         name, signature, inputs = self._examples_input(servable, signature_name, input_proto)
         if "classes" not in signature.outputs and "scores" not in signature.outputs:
             raise invalid_argument(
                 "Expected classification signature outputs to contain at least one of classes or scores.")
-        outputs = self.run_signature(servable, name, inputs)
+        outputs = self.run_signature(servable, name, inputs, api=api)
         rows = len(inputs[next(iter(inputs))])
         classes, scores = (outputs[key].reshape(rows, -1) if key in outputs else None for key in ("classes", "scores"))
         for i in range(rows):
@@ -171,11 +177,11 @@ class ServingCore:
                 if scores is not None:
                     item.score = float(scores[i, j])
 
-    def _regress(self, servable, signature_name, input_proto, result):
+    def _regress(self, servable, signature_name, input_proto, result, api="Regress"):
         name, signature, inputs = self._examples_input(servable, signature_name, input_proto)
         if len(signature.outputs) != 1 or "outputs" not in signature.outputs:
             raise invalid_argument("Expected one output Tensor.")
-        values = self.run_signature(servable, name, inputs)["outputs"]
+        values = self.run_signature(servable, name, inputs, api=api)["outputs"]
         for value in np.asarray(values).reshape(len(inputs[next(iter(inputs))]), -1)[:, 0]:
             result.regressions.add().value = float(value)
 

@@ -27,8 +27,7 @@ def _serve(call, request, response, context, metrics=None, api=None):
         context.abort(error.code, error.message)
     finally:
         if metrics is not None and api is not None:
-            spec = request.tasks[0].model_spec if api == "MultiInference" and request.tasks else request.model_spec
-            metrics.record_request(spec.name, api, "GRPC", status, time.perf_counter() - started)
+            metrics.record_request(request.model_spec.name, api, "GRPC", status, time.perf_counter() - started)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -48,8 +47,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                       self.metrics, "Regress")
 
     def MultiInference(self, request, context):
-        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context,
-                      self.metrics, "MultiInference")
+        # TF Serving records no request metrics for MultiInference.
+        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context)
 
     def GetModelMetadata(self, request, context):
         return _serve(self.core.metadata, request, get_model_metadata_pb2.GetModelMetadataResponse(), context)

@@ -65,7 +65,6 @@ class ModelServer:
             on_loaded=self._warm_up, metrics=self.metrics)
         self.core = ServingCore(self.manager, self.batcher, self.metrics)
         self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="serving")
-        self._config_text = None
 
     def _warm_up(self, servable):
         if self.options.enable_model_warmup:
@@ -119,12 +118,12 @@ class ModelServer:
         grpc_server = make_grpc_server(self.core, self.reload_config, self.executor,
                                        parse_channel_arguments(options.grpc_channel_arguments), self.metrics)
         if options.port:  # --port=0 serves gRPC on --grpc_socket_path only, as TF Serving does
-            grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
+            grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
         if options.grpc_socket_path:
             grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
         grpc_server.start()
         if options.port:
-            log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
+            log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, options.port)
         if options.grpc_socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
         runner = None

@@ -106,10 +106,10 @@ def parse_flags(argv):
             text = None if flag.kind is bool or not args else args.pop(0)
         values[name] = _parse_value(name, flag, text)
     options = argparse.Namespace(**values)
+    if options.port == 0 and not options.grpc_socket_path:
+        raise FlagError("At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
     if not options.model_base_path and not options.model_config_file:
         raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
-    if options.port == 0:
-        raise FlagError("server_options.grpc_port is not set.")
     if options.batching_parameters_file and not options.enable_batching:
         raise FlagError("server_options.batching_parameters_file is set without setting "
                         "server_options.enable_batching to true.")

@@ -57,11 +57,12 @@ class ServingCore:
 
     # --- running ---------------------------------------------------------------
 
-    def run_signature(self, servable, signature_name, inputs, output_filter=(), check_dtypes=True):
+    def run_signature(self, servable, signature_name, inputs, output_filter=(), check_dtypes=True, api="Predict"):
         """Check inputs against the signature and run it: {key: array} -> {key: array}.
 
         Classify and regress pass check_dtypes=False: TF Serving feeds their serialized
         examples by tensor name whatever type the signature declares (classifier.cc, regressor.cc).
+        A successful run records runtime_latency under `api` (None: not recorded, as for MultiInference).
         """
         name, signature = self.signature(servable, signature_name)
         extra = sorted(set(inputs) - set(signature.inputs))
@@ -88,14 +89,15 @@ class ServingCore:
         started = time.perf_counter()
         try:
             if self.batcher is not None:
-                return self.batcher.run(servable, name, inputs, tuple(output_filter))
-            return servable.bundle.run(name, inputs, output_filter)
+                outputs = self.batcher.run(servable, name, inputs, tuple(output_filter))
+            else:
+                outputs = servable.bundle.run(name, inputs, output_filter)
         except tf.errors.OpError as error:
             raise ServingError.from_tf_error(error) from None
-        finally:
-            if self.metrics is not None:
-                self.metrics.runtime_latency.labels(servable.name, "Predict", "TF1").observe(
-                    (time.perf_counter() - started) * 1e6)
+        if self.metrics is not None and api is not None:
+            latency_micros = (time.perf_counter() - started) * 1e6
+            self.metrics.runtime_latency.labels(servable.name, api, "TF1").observe(latency_micros)
+        return outputs
 
     def predict(self, request, response):
         """PredictionService.Predict on TF Serving's protos."""
@@ -149,9 +151,9 @@ class ServingCore:
                 raise invalid_argument(f"Requested signature not found in model graph: {name}")
             self._fill_spec(result.model_spec, servable, task.model_spec.signature_name)
             if task.method_name == CLASSIFY_METHOD:
-                self._classify(servable, name, signature, request.input, result.classification_result)
+                self._classify(servable, name, signature, request.input, result.classification_result, api=None)
             elif task.method_name == REGRESS_METHOD:
-                self._regress(servable, name, signature, request.input, result.regression_result)
+                self._regress(servable, name, signature, request.input, result.regression_result, api=None)
             else:
                 raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
         return response
@@ -168,13 +170,14 @@ class ServingCore:
     # Like TF Serving without --enable_signature_method_name_check (its default), any signature
     # of the right shape serves classify and regress: TF2 SavedModels mark every signature as predict.
 
-    def _run_examples(self, servable, name, input_proto, output_keys):
+    def _run_examples(self, servable, name, input_proto, output_keys, api):
         """PerformOneShotTensorComputation: serialized examples fed to the signature's 'inputs'."""
         examples = serialized_examples(input_proto)
-        outputs = self.run_signature(servable, name, {CLASSIFY_INPUTS: examples}, output_keys, check_dtypes=False)
+        outputs = self.run_signature(servable, name, {CLASSIFY_INPUTS: examples}, output_keys, check_dtypes=False,
+                                     api=api)
         return len(examples), outputs
 
-    def _classify(self, servable, name, signature, input_proto, result):
+    def _classify(self, servable, name, signature, input_proto, result, api="Classify"):
         """PreProcessClassification, the run, then PostProcessClassificationResult."""
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
@@ -186,7 +189,7 @@ class ServingCore:
         if not output_keys:
             raise invalid_argument(f'Expected classification signature outputs to contain at least one of "{CLASSES}" '
                                    f'or "{SCORES}". Signature was: {signature_text(signature)}')
-        rows, outputs = self._run_examples(servable, name, input_proto, output_keys)
+        rows, outputs = self._run_examples(servable, name, input_proto, output_keys, api)
         classes, scores = (np.asarray(outputs[key]) if key in outputs else None for key in (CLASSES, SCORES))
         for key, tensor, dtype in (("classes", classes, types_pb2.DT_STRING), ("scores", scores, types_pb2.DT_FLOAT)):
             if tensor is None:
@@ -212,7 +215,7 @@ class ServingCore:
                 if scores is not None:
                     item.score = float(scores[i, j])
 
-    def _regress(self, servable, name, signature, input_proto, result):
+    def _regress(self, servable, name, signature, input_proto, result, api="Regress"):
         """PreProcessRegression, the run, then PostProcessRegressionResult."""
         if len(signature.inputs) != 1:
             raise invalid_argument("Expected one input Tensor.")
@@ -222,7 +225,7 @@ class ServingCore:
             raise invalid_argument(f"No regression inputs found in SignatureDef: {signature_text(signature)}")
         if REGRESS_OUTPUTS not in signature.outputs:
             raise invalid_argument(f"No regression outputs found in SignatureDef: {signature_text(signature)}")
-        rows, outputs = self._run_examples(servable, name, input_proto, (REGRESS_OUTPUTS,))
+        rows, outputs = self._run_examples(servable, name, input_proto, (REGRESS_OUTPUTS,), api)
         values = np.asarray(outputs[REGRESS_OUTPUTS])
         if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
             raise invalid_argument(f"Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "

@@ -9,7 +9,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from model_server.cli import DEFAULT_MAX_GRPC_REQUEST_BYTES
-from model_server.status import ServingError
+from model_server.status import ServingError, invalid_argument
 
 log = logging.getLogger("model_server")
 # TF Serving lifts gRPC's 4 MB default message size (a batch of 32 float images is 19 MB); so do the
@@ -55,8 +55,7 @@ def _serve(call, request, response, context, metrics=None, api=None):
         context.abort(error.code, error.message)
     finally:
         if metrics is not None and api is not None:
-            spec = request.tasks[0].model_spec if api == "MultiInference" and request.tasks else request.model_spec
-            metrics.record_request(spec.name, api, "GRPC", status, time.perf_counter() - started)
+            metrics.record_request(request.model_spec.name, api, "GRPC", status, time.perf_counter() - started)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -76,8 +75,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                       self.metrics, "Regress")
 
     def MultiInference(self, request, context):
-        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context,
-                      self.metrics, "MultiInference")
+        # TF Serving records no request metrics for MultiInference.
+        return _serve(self.core.multi_inference, request, inference_pb2.MultiInferenceResponse(), context)
 
     def GetModelMetadata(self, request, context):
         return _serve(self.core.metadata, request, get_model_metadata_pb2.GetModelMetadataResponse(), context)
@@ -92,13 +91,18 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _serve(self.core.status, request, get_model_status_pb2.GetModelStatusResponse(), context)
 
     def HandleReloadConfigRequest(self, request, context):
-        response = model_management_pb2.ReloadConfigResponse()
+        """As TF Serving: a refused config fails the call with its status (and logs it)."""
         try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                                       "Only ModelConfigList is currently supported")
             self.reload_config(request.config)
         except Exception as error:  # noqa: BLE001 - every failure becomes a status, never UNKNOWN
             error = as_serving_error(error, "HandleReloadConfigRequest")
-            response.status.error_code = error.code.value[0]
-            response.status.error_message = error.message
+            log.error("ReloadConfig failed: %s", error.message)
+            context.abort(error.code, error.message)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # TF Serving always sets the status, OK included
         return response
 
 

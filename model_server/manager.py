@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import grpc
 import tensorflow as tf
 
-from model_server.config import aspired_versions, available_versions
+from model_server.config import (aspired_versions, available_versions, check_platforms_served,
+                                 validate_model_config_list, validate_no_models_change_platforms)
 from model_server.status import ServingError, failed_precondition, not_found
 
 log = logging.getLogger("model_server")
@@ -62,33 +63,65 @@ class ModelManager:
         self._reconcile_lock = threading.Lock()
         self._versions = {}  # name -> {version: ServableVersion}, every state incl. END
         self._labels = {}  # name -> {label: version}
-        self._config = None
+        self._config = None  # the last config accepted for loading (TF Serving's ServerCore config_)
+        self._models = []  # the ModelConfigs being served (TF Serving's file system source config)
 
     # --- configuration -------------------------------------------------------
 
     def apply_config(self, config):
-        """Serve exactly the models in `config` (a ModelServerConfig). Raises ServingError."""
+        """TF Serving's ServerCore::ReloadConfig on a ModelServerConfig; raises ServingError.
+
+        In TF Serving's order: check the transition, validate the model list, update the label
+        map against the versions' current states, then add and load models. A config refused
+        before loading changes nothing served. `config` holds a model_config_list or nothing
+        (callers refuse custom_model_config).
+        """
         with self._reconcile_lock:
-            new_names = {m.name for m in config.model_config_list.config}
-            for model in config.model_config_list.config:
-                self._reconcile(model)
-            old_names = set(self._versions) - new_names
-            for name in old_names:
-                for servable in list(self._versions[name].values()):
-                    self._unload(servable)
+            if self._config is not None and config.WhichOneof("config") != "model_config_list":
+                raise failed_precondition("Cannot transition to requested config. It is only legal to "
+                                          "transition from one ModelConfigList to another.")
+            if config.WhichOneof("config") is None:
+                log.info("Taking no action for empty config.")
+                return
+            validate_model_config_list(config.model_config_list)
+            if self._config is not None:
+                validate_no_models_change_platforms(self._config.model_config_list, config.model_config_list)
+            first_config = self._config is None
+            self._config = config  # as TF Serving: kept even if the labels below are refused
             self._update_labels(config)
-            self._config = config
-            failures = [s.error for m in config.model_config_list.config
-                        for s in self._versions.get(m.name, {}).values() if s.state == END and s.error]
-            if failures:
-                raise failures[0]
+            log.info("Adding/updating models.")
+            check_platforms_served(config.model_config_list)
+            self._load_models(config.model_config_list, first_config)
+            log.info("Finished reloading config")
+
+    def _load_models(self, config_list, first_config):
+        """TF Serving's AddModelsViaModelConfigList: serve exactly these models, then report failures."""
+        new_names = {m.name for m in config_list.config} - {m.name for m in self._models}
+        for model in config_list.config:
+            log.info(" (Re-)adding model: %s", model.name)
+            self._reconcile(model)
+        for name in {m.name for m in self._models} - {m.name for m in config_list.config}:
+            for servable in list(self._versions[name].values()):
+                if servable.state == AVAILABLE:
+                    self._unload(servable)
+        self._models = list(config_list.config)
+        log.info("Finished adding/updating models")
+        # The first config waits for every model; a reload only for the models it adds.
+        awaited = {m.name for m in config_list.config} if first_config else new_names
+        with self._lock:
+            failed = sorted((s for name in awaited for s in self._versions.get(name, {}).values()
+                             if s.state == END and s.error is not None), key=lambda s: (s.name, s.version))
+        if failed:
+            what = "servable(s)" if first_config else "model(s)"
+            details = "".join(f"{{{{name: {s.name} version: {s.version}}} due to error: "
+                              f"{s.error.code.name}: {s.error.message}}}, " for s in failed)
+            raise ServingError(grpc.StatusCode.UNKNOWN, f"{len(failed)} {what} did not become available: "
+                                                        f"{{{details}}}")
 
     def poll_file_system(self):
-        """Pick up new and removed versions on disk for every configured model."""
-        if self._config is None:
-            return
+        """Pick up new and removed versions on disk for every served model."""
         with self._reconcile_lock:
-            for model in self._config.model_config_list.config:
+            for model in self._models:
                 self._reconcile(model)
 
     def _reconcile(self, model):
@@ -158,14 +191,20 @@ class ModelManager:
         log.info("Unloaded servable version {name: %s version: %d}", servable.name, servable.version)
 
     def _update_labels(self, config):
-        """TF Serving's UpdateModelVersionLabelMap: labels must point at available versions."""
+        """TF Serving's UpdateModelVersionLabelMap, against the versions' current states.
+
+        A label must point at an AVAILABLE version. With allow_version_labels_for_unavailable_models
+        a new label (or one kept on its version) may point at any version, but a label is never moved
+        to an unavailable version: requests for it would fail while that version loads.
+        """
         new_labels = {}
         for model in config.model_config_list.config:
-            for label, version in model.version_labels.items():
-                # A label may point at an unavailable version only with the flag, and only if it is new.
-                allowed = self._allow_unavailable_labels and label not in self._labels.get(model.name, {})
-                servable = self._versions.get(model.name, {}).get(version)
-                if not allowed and (servable is None or servable.state != AVAILABLE):
+            with self._lock:
+                states = {version: servable.state for version, servable in self._versions.get(model.name, {}).items()}
+                current = dict(self._labels.get(model.name, {}))
+            for label, version in sorted(model.version_labels.items()):
+                moved = label in current and current[label] != version
+                if not (self._allow_unavailable_labels and not moved) and states.get(version) != AVAILABLE:
                     raise failed_precondition(
                         f"Request to assign label to version {version} of model {model.name}, "
                         "which is not currently available for inference")

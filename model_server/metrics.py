@@ -92,8 +92,10 @@ class ServerMetrics:
             "processed (after padding)", ["thread_pool_name"], BATCH_SIZE_BUCKETS)
 
     def record_request(self, model_name, api, entrypoint, status, seconds):
+        """Every request is counted; as in TF Serving, only a successful one records its latency."""
         self.request_count.inc((model_name, status))
-        self.request_latency.labels(model_name, api, entrypoint).observe(seconds * 1e6)
+        if status == "OK":
+            self.request_latency.labels(model_name, api, entrypoint).observe(seconds * 1e6)
 
     def exposition(self):
         """Prometheus text format; counters' HELP/TYPE lines named as TF Serving names them."""

@@ -7,7 +7,6 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
 from aiohttp import web
 
@@ -71,7 +70,6 @@ class ModelServer:
         self.core = ServingCore(self.manager, self.batcher, self.metrics, options.max_request_tensor_elements,
                                 options.enable_serialization_as_tensor_content)
         self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="serving")
-        self._config_text = None
 
     def _warm_up(self, servable):
         if self.options.enable_model_warmup:
@@ -84,9 +82,7 @@ class ModelServer:
         # As in TF Serving, a config file wins over --model_name/--model_base_path (the Docker
         # image's entrypoint always passes both).
         if self.options.model_config_file:
-            config = read_model_server_config(self.options.model_config_file)
-            self._config_text = Path(self.options.model_config_file).read_text()
-            return config
+            return read_model_server_config(self.options.model_config_file)
         return single_model_config(self.options.model_name, self.options.model_base_path)
 
     def reload_config(self, config):
@@ -108,42 +104,38 @@ class ModelServer:
                 self.manager.poll_file_system()
 
     def _poll_config_file(self):
-        try:
-            text = Path(self.options.model_config_file).read_text()
-        except OSError as error:
-            log.error("Failed to read ModelServerConfig file: %s", error)
-            return
-        if text == self._config_text:
-            return
+        """TF Serving's PollFilesystemAndReloadConfig: every poll reads the file and reloads it.
+
+        So a refused config is tried again at the next poll, against the versions' states then.
+        """
         try:
             config = read_model_server_config(self.options.model_config_file)
-            self.reload_config(config)
         except ConfigError as error:
             log.error("Failed to read ModelServerConfig file: %s", error)
             return
+        try:
+            self.reload_config(config)
         except ServingError as error:
             log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
-            return
-        finally:
-            self._config_text = text
-        log.info("Reloaded model config from %s", self.options.model_config_file)
 
     async def serve(self):
         options = self.options
         grpc_server = make_grpc_server(self.core, self.reload_config, self.executor,
                                        parse_channel_arguments(options.grpc_channel_arguments), self.metrics)
         try:
-            grpc_port = grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
+            if options.port:  # --port=0 serves gRPC on --grpc_socket_path only, as TF Serving does
+                grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
             if options.grpc_socket_path:
                 grpc_server.add_insecure_port(f"unix:{options.grpc_socket_path}")
         except RuntimeError:  # grpcio could not bind: TF Serving's BuildAndStart fails the same way
             raise StartupError("INVALID_ARGUMENT: Failed to BuildAndStart gRPC server") from None
         grpc_server.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, grpc_port)
+        if options.port:
+            log.info("Running gRPC ModelServer at %s:%d ...", options.bind_address, options.port)
         if options.grpc_socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
         runner = None
-        if options.rest_api_port == options.port:
+        if options.rest_api_port and options.rest_api_port == options.port:
             log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
                       "HTTP/REST API. Skipped exporting HTTP/REST API.")
         elif options.rest_api_port:
@@ -199,13 +191,16 @@ def main(argv=None):
         log.error("%s", error)
         return 1
     except ServingError as error:
-        log.error("Error while loading models: %s", error.message)
-        server.manager.close()
-        return 1
+        return failed_to_start(server, f"{error.code.name}: {error.message}")
     try:
         asyncio.run(server.serve())
     except StartupError as error:
-        print(f"Failed to start server. Error: {error}", flush=True)  # TF Serving's main.cc, to stdout
-        server.manager.close()
-        return 255  # main.cc returns -1
+        return failed_to_start(server, str(error))
     return 0
+
+
+def failed_to_start(server, status):
+    """TF Serving's main.cc: the failed start-up status on stdout, then exit code 255 (it returns -1)."""
+    print(f"Failed to start server. Error: {status}", flush=True)
+    server.manager.close()
+    return 255

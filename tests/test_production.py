@@ -79,9 +79,10 @@ def test_warmup_replays_every_record_before_the_version_is_available(tmp_path):
         assert (f"Finished reading warmup data for model at {warmup_path}. Number of warmup records read: 4. "
                 "Elapsed time (microseconds): ") in server.log()
         metrics = scrape(rest)
-        runs = metrics[(":tensorflow:serving:runtime_latency_count",
-                        frozenset({"model_name": "hp", "API": "Predict", "runtime": "TF1"}.items()))]
-        assert runs == 8, "4 records x 2 iterations, all run before any request"
+        runs = {api: metrics[(":tensorflow:serving:runtime_latency_count",
+                              frozenset({"model_name": "hp", "API": api, "runtime": "TF1"}.items()))]
+                for api in ("Predict", "Classify", "Regress")}
+        assert runs == {"Predict": 4, "Classify": 2, "Regress": 2}, "4 records x 2 iterations, before any request"
         assert metrics[(":tensorflow:serving:model_warmup_latency_count",
                         frozenset({"model_path": str(version_dir), "status": "OK"}.items()))] == 1
         assert not any(name == ":tensorflow:serving:request_count" for name, _ in metrics), "warmup is no request"

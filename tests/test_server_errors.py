@@ -20,8 +20,9 @@ def server(tmp_path_factory):
     base = copy_fixture("saved_model_half_plus_two_2_versions", tmp)
     config = tmp / "models.config"
     write_config(models_config("hp", base, [123, 124], {"stable": 123}), config)
-    with running_server(tmp, [f"--model_config_file={config}", "--rest_api_max_body_bytes=1000000"],
-                        wait_for=[("hp", [123, 124])]) as running:
+    flags = [f"--model_config_file={config}", "--rest_api_max_body_bytes=1000000",
+             "--allow_version_labels_for_unavailable_models"]  # a label at start-up, as TF Serving needs
+    with running_server(tmp, flags, wait_for=[("hp", [123, 124])]) as running:
         yield running
 
 

@@ -42,7 +42,9 @@ def server(tmp_path_factory):
     config.write_text(CONFIG % paths)
     waits = [("half_plus_two", [123]), ("half_plus_two_tf2", [123]), ("counter", [123]),
              ("two_versions", [123, 124])]
-    with running_server(tmp, [f"--model_config_file={config}"], wait_for=waits) as running:
+    # Labels at start-up point at versions not loaded yet: TF Serving needs this flag for them.
+    flags = [f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models"]
+    with running_server(tmp, flags, wait_for=waits) as running:
         yield running
 
 

@@ -8,8 +8,10 @@ import grpc
 import pytest
 import requests
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import TFSERVING_TESTDATA
+from model_server.config import uri_is_relative_path
 from server_harness import copy_fixture, run_server_to_exit, running_server
 from utils.deploy import models_config, write_config
 from utils.server import wait_until_available
@@ -50,7 +52,8 @@ def test_unreadable_model_config_is_refused_at_start(tmp_path):
     (["--model_base_path=/x", "--enable_model_warmup=maybe"], "Illegal value 'maybe' specified for bool flag"),
     (["--model_base_path=/x", "--batching_parameters_file=b.txt"],
      "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."),
-    (["--model_base_path=/x", "--port=0"], "server_options.grpc_port is not set."),
+    (["--model_base_path=/x", "--port=0"],
+     "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."),
 ])
 def test_command_line_errors(flags, message):
     code, output = run_server_to_exit(flags)
@@ -121,28 +124,80 @@ def test_file_system_polling_picks_up_new_and_removed_versions_without_failures(
 
 
 def reload(channel, config):
+    """HandleReloadConfigRequest -> (code name, message); TF Serving fails the call when it refuses."""
     request = model_management_pb2.ReloadConfigRequest(config=config)
-    return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request).status
+    try:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request)
+    except grpc.RpcError as error:
+        return error.code().name, error.details()
+    assert response.HasField("status") and response.status.error_code == 0
+    return "OK", ""
+
+
+def not_available(version, model="hp"):
+    return ("FAILED_PRECONDITION",
+            f"Request to assign label to version {version} of model {model}, which is not currently available "
+            "for inference")
+
+
+def version_states(rest, model="hp"):
+    status = requests.get(f"{rest}/v1/models/{model}").json()
+    return {int(s["version"]): s["state"] for s in status["model_version_status"]}
+
+
+# --- version labels, in TF Serving's order: validate, label, then load ----------------------------
+
+def test_labels_at_start_up_are_refused_without_the_flag(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
+    config = tmp_path / "models.config"
+    write_config(models_config("hp", base, [123, 124], {"stable": 123}), config)
+    code, output = run_server_to_exit([f"--model_config_file={config}"])
+    code_name, message = not_available(123)
+    assert code == 255, "TF Serving's main returns -1"
+    assert f"Failed to start server. Error: {code_name}: {message}\n" in output
+    assert "Loading servable" not in output, "labels are checked before any version loads"
+
+
+def test_labels_at_start_up_are_accepted_with_the_flag(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
+    config = tmp_path / "models.config"
+    write_config(models_config("hp", base, [123, 124], {"stable": 123, "canary": 124}), config)
+    flags = [f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123, 124])]) as (_, rest, _channel):
+        for label in ("stable", "canary"):
+            assert predict(rest, "hp", f"/labels/{label}").json() == {"predictions": [[2.5]]}
+        versions = {label: requests.get(f"{rest}/v1/models/hp/labels/{label}").json()["model_version_status"][0]
+                    ["version"] for label in ("stable", "canary")}
+        assert versions == {"stable": "123", "canary": "124"}
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_labels_on_unavailable_versions(tmp_path, allow):
+def test_a_new_label_on_an_unloaded_version_needs_the_flag(tmp_path, allow):
     base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
     config = tmp_path / "models.config"
     write_config(models_config("hp", base, [123]), config)
     flags = [f"--model_config_file={config}"] + (["--allow_version_labels_for_unavailable_models"] if allow else [])
     with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (server, rest, channel):
-        status = reload(channel, models_config("hp", base, [123], {"canary": 124}))
-        if allow:  # a new label may point at a version that is not loaded (yet)
-            assert status.error_code == 0
+        outcome = reload(channel, models_config("hp", base, [123], {"canary": 124}))
+        assert outcome == (("OK", "") if allow else not_available(124))
+        if not allow:
+            assert f"ReloadConfig failed: {not_available(124)[1]}" in server.log()
+        canary = predict(rest, "hp", "/labels/canary")
+        if allow:  # the label exists, its version does not serve
+            assert canary.status_code == 404
+            assert canary.json() == {"error": "Servable not found for request: Specific(hp, 124)"}
         else:
-            assert status.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
-            assert status.error_message == ("Request to assign label to version 124 of model hp, which is not "
-                                            "currently available for inference")
-        # Moving an existing label to an unavailable version is refused even with the flag.
-        reload(channel, models_config("hp", base, [123], {"stable": 123}))
-        status = reload(channel, models_config("hp", base, [123], {"stable": 124}))
-        assert status.error_code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+            assert canary.json() == {"error": "Unrecognized servable version label: canary"}
+
+
+def test_a_label_is_never_moved_to_an_unavailable_version_and_the_config_loads_nothing(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
+    config = tmp_path / "models.config"
+    write_config(models_config("hp", base, [123], {"stable": 123}), config)
+    flags = [f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (_, rest, channel):
+        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 124})) == not_available(124)
+        assert version_states(rest) == {123: "AVAILABLE"}, "a refused config loads nothing"
         assert predict(rest, "hp", "/labels/stable").json() == {"predictions": [[2.5]]}
 
 
@@ -151,11 +206,137 @@ def test_canary_two_step_relabel(tmp_path):
     base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
     config = tmp_path / "models.config"
     write_config(models_config("hp", base, [123], {"stable": 123}), config)
-    with running_server(tmp_path, [f"--model_config_file={config}"], wait_for=[("hp", [123])]) as (_, rest, channel):
-        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 123, "canary": 124})).error_code == 0
-        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 124})).error_code == 0
+    flags = [f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (_, rest, channel):
+        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 123, "canary": 124})) == ("OK", "")
+        wait_until_available(rest, "hp", [124], timeout=20)
+        assert reload(channel, models_config("hp", base, [123, 124], {"stable": 124})) == ("OK", "")
         status = requests.get(f"{rest}/v1/models/hp/labels/stable").json()
         assert status["model_version_status"][0]["version"] == "124"
+
+
+def test_two_step_start_adds_labels_by_polling_the_config_file(tmp_path):
+    """Without the flag: start without labels, wait until AVAILABLE, then write the labels."""
+    base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
+    config = tmp_path / "models.config"
+    write_config(models_config("hp", base, [123]), config)
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (_, rest, _channel):
+        write_config(models_config("hp", base, [123], {"stable": 123}), config)
+        assert wait_for(lambda: predict(rest, "hp", "/labels/stable").status_code == 200)
+
+
+def test_a_polled_config_labelling_an_unloaded_version_is_refused_at_every_poll(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_2_versions", tmp_path)
+    config = tmp_path / "models.config"
+    write_config(models_config("hp", base, [123]), config)
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (server, rest, _channel):
+        write_config(models_config("hp", base, [123, 124], {"canary": 124}), config)
+        line = f"PollFilesystemAndReloadConfig failed to ReloadConfig: {not_available(124)[1]}"
+        assert wait_for(lambda: server.log().count(line) >= 2), "TF Serving reloads the file at every poll"
+        assert version_states(rest) == {123: "AVAILABLE"}
+
+
+def test_a_polled_empty_config_file_keeps_the_models_served(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_cpu", tmp_path)
+    config = tmp_path / "models.config"
+    write_config(models_config("hp", base, [123]), config)
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (server, rest, _channel):
+        config.write_text("")
+        assert wait_for(lambda: "PollFilesystemAndReloadConfig failed to ReloadConfig: Cannot transition to "
+                                "requested config. It is only legal to transition from one ModelConfigList to "
+                                "another." in server.log())
+        assert predict(rest, "hp").json() == {"predictions": [[2.5]]}
+
+
+def test_an_empty_config_at_start_up_serves_nothing_until_a_poll_brings_models(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_cpu", tmp_path)
+    config = tmp_path / "models.config"
+    config.write_text("")
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1"]
+    with running_server(tmp_path, flags) as (server, rest, _channel):
+        assert wait_for(lambda: "Taking no action for empty config." in server.log())
+        write_config(models_config("hp", base, [123]), config)
+        wait_until_available(rest, "hp", [123], timeout=20)
+
+
+# --- HandleReloadConfigRequest validation (ValidateModelConfigList and friends) -------------------
+
+@pytest.fixture(scope="module")
+def reload_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reload")
+    base = copy_fixture("saved_model_half_plus_two_cpu", tmp)
+    config = tmp / "models.config"
+    write_config(models_config("hp", base, [123]), config)
+    with running_server(tmp, [f"--model_config_file={config}"], wait_for=[("hp", [123])]) as (_, rest, channel):
+        yield base, rest, channel
+
+
+def config_with(base, *entries):
+    """A ModelServerConfig listing (name, base_path, platform) entries."""
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, base_path, platform in entries:
+        config.model_config_list.config.add(name=name, base_path=str(base_path), model_platform=platform)
+    return config
+
+
+RELOAD_ERRORS = [
+    pytest.param(lambda base: model_server_config_pb2.ModelServerConfig(), "INVALID_ARGUMENT",
+                 "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
+                 "currently supported", id="no_model_config_list"),
+    pytest.param(lambda base: config_with(base, ("hp", base, "tensorflow"), ("hp", base, "tensorflow")),
+                 "INVALID_ARGUMENT", "Illegal to list model hp multiple times in config list", id="duplicate_name"),
+    pytest.param(lambda base: config_with(base, ("hp", "models/hp", "tensorflow")), "INVALID_ARGUMENT",
+                 "Expected model hp to have an absolute path or URI; got base_path()=models/hp", id="relative_path"),
+    pytest.param(lambda base: config_with(base, ("hp", "", "tensorflow")), "INVALID_ARGUMENT",
+                 "Expected model hp to have an absolute path or URI; got base_path()=", id="empty_path"),
+    pytest.param(lambda base: config_with(base, ("hp", base, "tensorflow_lite")), "INVALID_ARGUMENT",
+                 "Illegal to change a model's platform. For model hp platform was tensorflow and new platform "
+                 "requested is tensorflow_lite", id="platform_change"),
+    pytest.param(lambda base: config_with(base, ("hp", base, "")), "INVALID_ARGUMENT",
+                 "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                 "ModelServerConfig::model_platform, model name is hp", id="no_platform"),
+    pytest.param(lambda base: config_with(base, ("hp", base, "tensorflow"), ("other", base, "onnx")),
+                 "INVALID_ARGUMENT", "Model other requests unsupported platform onnx", id="unsupported_platform"),
+]
+
+
+@pytest.mark.parametrize("make_config, code, message", RELOAD_ERRORS)
+def test_reload_refuses_invalid_configs_and_keeps_serving(reload_server, make_config, code, message):
+    base, rest, channel = reload_server
+    assert reload(channel, make_config(base)) == (code, message)
+    assert predict(rest, "hp").json() == {"predictions": [[2.5]]}
+
+
+@pytest.mark.parametrize("base_path, relative", [
+    ("/models/hp", False), ("gs://bucket/hp", False), ("s3://bucket", False), ("file:///models/hp", False),
+    ("models/hp", True), ("", True), ("./hp", True), ("1gs://bucket/hp", True),
+])
+def test_base_paths_are_relative_as_tensorflow_parses_uris(base_path, relative):
+    assert uri_is_relative_path(base_path) is relative
+
+
+def test_a_version_that_fails_to_load_stops_the_start_up_with_tf_servings_message(tmp_path):
+    (tmp_path / "hp" / "123").mkdir(parents=True)  # a version directory without a SavedModel
+    code, output = run_server_to_exit(["--model_name=hp", f"--model_base_path={tmp_path / 'hp'}"])
+    line = next(line for line in output.splitlines() if line.startswith("Failed to start server"))
+    assert code == 255, "TF Serving's main returns -1"
+    assert line.startswith("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+                           "{{{name: hp version: 123} due to error: ")  # load_servables_fast.cc's braces
+    assert line.endswith("}, }")
+
+
+def test_port_zero_serves_grpc_on_the_unix_socket_only(tmp_path):
+    base = copy_fixture("saved_model_half_plus_two_cpu", tmp_path)
+    socket_path = tmp_path / "grpc.sock"
+    flags = ["--model_name=hp", f"--model_base_path={base}", f"--grpc_socket_path={socket_path}", "--port=0"]
+    with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (server, _, _channel):
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            assert reload(channel, models_config("hp", base, [123])) == ("OK", "")
+        assert f"Running gRPC ModelServer at UNIX socket {socket_path} ..." in server.log()
+        assert "Running gRPC ModelServer at 127.0.0.1" not in server.log()
 
 
 def test_grpc_over_a_unix_socket(tmp_path):

@@ -182,6 +182,8 @@ def start_model_server(backend, local_config, grpc_port=DEFAULT_GRPC_PORT, rest_
     """Start TF Serving (docker) or model_server (local) on the lab's config; returns the server."""
     if choose_backend(backend) == "docker":
         return DockerComposeServer(ports={"grpc_port": grpc_port, "rest_port": rest_port}).start()
+    # The flags docker-compose.yaml gives the real image (labels at start-up need the last one).
     flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={local_config}",
-             "--model_config_file_poll_wait_seconds=60", "--file_system_poll_wait_seconds=1", *extra_flags]
+             "--model_config_file_poll_wait_seconds=60", "--allow_version_labels_for_unavailable_models",
+             "--file_system_poll_wait_seconds=1", *extra_flags]
     return LocalModelServer(flags).start()

@@ -14,8 +14,9 @@ $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
 	$(PY) -m labtools kernel
 	touch $(STAMP)
 
-# Real programs the lab runs besides Python: Prometheus (notebook 06), Chromium and its driver (browser test).
-COMPONENTS := prometheus chromium
+# Real programs the lab runs besides Python: Prometheus (notebooks 06, 07), haproxy (notebook 07), Chromium and
+# its driver (browser test).
+COMPONENTS := prometheus haproxy chromium
 
 setup: $(STAMP)  ## the venv, the lab's kernel and the real programs the lab runs
 	@$(PY) -m labtools components install $(COMPONENTS)

@@ -336,6 +336,11 @@ class PodTemplate:
         """The CPU request in cores: what the HPA's utilisation is measured against."""
         return cpu_cores(self.container["resources"]["requests"]["cpu"])
 
+    def mount_path(self, volume):
+        """Where the container mounts the volume named `volume`."""
+        (path,) = [m["mountPath"] for m in self.container.get("volumeMounts", []) if m["name"] == volume]
+        return path
+
     @property
     def config_map_name(self):
         """The ConfigMap mounted where the args read their files."""

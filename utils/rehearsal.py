@@ -106,6 +106,11 @@ class Replica:
         self.server.start()
         return self
 
+    def label_version(self, model_name, label):
+        """The version this replica resolves `label` to right now (asked of the replica, not the balancer)."""
+        url = f"http://127.0.0.1:{self.rest_port}/v1/models/{model_name}/labels/{label}/metadata"
+        return int(requests.get(url, timeout=5).json()["model_spec"]["version"])
+
     def stop(self):
         return self.server.stop()
 
@@ -212,6 +217,16 @@ class LabelLoad:
         self.session.close()
         self.channel.close()
         return self.answers
+
+
+def wait_until(condition, timeout, what):
+    """Poll `condition()` until it holds; a LabError saying `what` did not happen after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)  # the next look
+    raise LabError(f"{what} did not happen within {timeout} s.")
 
 
 def reference_predictions(rest_url, model_name, versions, jpeg):

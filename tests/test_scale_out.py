@@ -17,7 +17,7 @@ from server_harness import copy_fixture
 from utils import k8s
 from utils.deploy import models_config, write_config
 from utils.haproxy import INSTALL_HINT, SERVED_BY, LoadBalancer, haproxy_config, health_check
-from utils.processes import HAPROXY
+from utils.processes import HAPROXY, lab_processes
 from utils.rehearsal import retarget, write_config_map
 from utils.server import LocalModelServer, free_port, wait_until_available
 
@@ -263,3 +263,13 @@ def wait_until(condition, timeout=60):
             return
         pause.wait(0.1)
     raise AssertionError("the condition did not hold in time")
+
+
+def test_haproxy_is_recorded_for_make_stop(tmp_path, template, haproxy_binary):
+    balancer = LoadBalancer(template.readiness_probe, free_port(), free_port(), free_port(), METRICS_PATH,
+                            tmp_path / "haproxy").start()
+    try:
+        assert [r.kind for r in lab_processes() if r.pid == balancer.managed.pid] == ["haproxy"]
+    finally:
+        stopped = balancer.stop()
+    assert stopped.exit_code == 0

@@ -56,7 +56,8 @@ def test_strict_schemas_reject_an_unknown_field(rendered):
 def test_strict_schemas_reject_a_wrong_type(rendered):
     broken = copy.deepcopy(rendered["base"])
     deployment_of(broken)["spec"]["replicas"] = "three"
-    assert k8s.schema_errors(broken) == ["Deployment/tfserving: 'three' is not of type 'integer', 'null' (at spec.replicas)"]
+    assert k8s.schema_errors(broken) == [
+        "Deployment/tfserving: 'three' is not of type 'integer', 'null' (at spec.replicas)"]
 
 
 def test_an_unknown_kind_is_reported_not_skipped(inference_service):

@@ -145,9 +145,9 @@ def label_probe(label):
 
 def start_replica(tmp_path, config, name):
     grpc_port, rest_port = free_port(), free_port()
-    server = LocalModelServer([f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={config}",
-                               "--model_config_file_poll_wait_seconds=1", "--allow_version_labels_for_unavailable_models"],
-                              log_path=tmp_path / f"{name}.log").start()
+    flags = [f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--model_config_file={config}",
+             "--model_config_file_poll_wait_seconds=1", "--allow_version_labels_for_unavailable_models"]
+    server = LocalModelServer(flags, log_path=tmp_path / f"{name}.log").start()
     return server, grpc_port, rest_port
 
 

@@ -88,7 +88,6 @@ class LoadBalancer:
                                      self.admin_socket)
         self.ports = {"rest_port": rest_port, "grpc_port": grpc_port, "haproxy_metrics_port": metrics_port}
         self.managed = None
-        self.replicas = {}  # name -> (rest port, gRPC port)
 
     @property
     def available(self):
@@ -110,7 +109,8 @@ class LoadBalancer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.managed.exited() is not None:
-                raise LabError(f"haproxy exited with code {self.managed.exited()}: see {self.workdir / 'haproxy.log'}.")
+                raise LabError(f"haproxy exited with code {self.managed.exited()}: see "
+                               f"{self.workdir / 'haproxy.log'}.")
             try:
                 if requests.get(self.metrics_url, timeout=1).status_code == 200:
                     return self
@@ -142,7 +142,6 @@ class LoadBalancer:
             # is marked down in the same command: a replica is not ready until its probe passes.
             self.command(f"enable health {backend}/{name}; enable server {backend}/{name}; "
                          f"set server {backend}/{name} health down")
-        self.replicas[name] = (rest_port, grpc_port)
 
     def stats(self):
         """{(backend, replica): {"status": ..., "sessions": current requests}} from haproxy's `show stat`."""
@@ -184,7 +183,6 @@ class LoadBalancer:
             answer = self.command(f"del server {backend}/{name}")
             if "Server deleted" not in answer:
                 raise LabError(f"haproxy could not remove replica {name}: {answer}")
-        del self.replicas[name]
 
     def stop(self, timeout=30):
         """Stop haproxy if it runs, softly (SIGUSR1: requests in flight finish first); says what it stopped."""

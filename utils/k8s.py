@@ -98,7 +98,8 @@ def containers(deployment):
 
 def probes(container):
     """{probe kind: probe} of a container's readiness, liveness and startup probes."""
-    return {kind: container[kind] for kind in ("readinessProbe", "livenessProbe", "startupProbe") if kind in container}
+    kinds = ("readinessProbe", "livenessProbe", "startupProbe")
+    return {kind: container[kind] for kind in kinds if kind in container}
 
 
 def selector_matches_template(resources):
@@ -125,8 +126,8 @@ def service_selects_pods(resources):
         if not selected:
             problems.append(f"Service {service['metadata']['name']}: the selector {selector} selects no pod.")
             continue
-        declared = {p.get("name") for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])}
-        declared |= {p["containerPort"] for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])}
+        ports = [p for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])]
+        declared = {p.get("name") for p in ports} | {p["containerPort"] for p in ports}
         for port in service["spec"].get("ports", []):
             if port.get("targetPort", port["port"]) not in declared:
                 problems.append(f"Service {service['metadata']['name']}: targetPort {port.get('targetPort')!r} "
@@ -175,7 +176,8 @@ def config_keys_exist(resources):
                     continue
                 config_map = config_maps.get(mounts[directory])
                 if config_map is None:
-                    problems.append(f"{flag} reads {path}, but ConfigMap {mounts[directory]} is not in the manifests.")
+                    problems.append(f"{flag} reads {path}, but ConfigMap {mounts[directory]} is not in the "
+                                    "manifests.")
                 elif key not in config_map.get("data", {}):
                     problems.append(f"{flag} reads {path}, but ConfigMap {mounts[directory]} has no key {key!r} "
                                     f"(it has {sorted(config_map.get('data', {}))}).")
@@ -321,11 +323,6 @@ class PodTemplate:
     @property
     def args(self):
         return list(self.container.get("args", []))
-
-    @property
-    def ports(self):
-        """{port name: container port}."""
-        return {p["name"]: p["containerPort"] for p in self.container.get("ports", [])}
 
     @property
     def readiness_probe(self):

@@ -94,7 +94,6 @@ class Replica:
     def __init__(self, name, template, grpc_port, rest_port, host_paths, log_dir):
         self.name = name
         self.grpc_port, self.rest_port = grpc_port, rest_port
-        self.config_map = template.config_map_name
         self.server = LocalModelServer(template.local_args(grpc_port, rest_port, host_paths),
                                        log_path=Path(log_dir) / f"{name}.log")
 
@@ -113,9 +112,6 @@ class Replica:
 
     def stop(self):
         return self.server.stop()
-
-    def __repr__(self):
-        return f"Replica({self.name}, gRPC {self.grpc_port}, REST {self.rest_port}, {self.config_map})"
 
 
 @dataclass

@@ -19,8 +19,9 @@ endif
 	$(PY) -m labtools kernel
 	touch $(STAMP)
 
-# Real programs the lab runs besides Python: Prometheus (notebook 06), Chromium and its driver (browser test).
-COMPONENTS := prometheus chromium
+# Real programs the lab runs besides Python: Prometheus (notebooks 06, 07), haproxy (notebook 07), Chromium and
+# its driver (browser test).
+COMPONENTS := prometheus haproxy chromium
 
 setup: $(STAMP)  ## the venv, the lab's kernel and the real programs the lab runs
 ifdef BUNDLE

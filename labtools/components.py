@@ -1,6 +1,6 @@
 """`python -m labtools components`: install the real programs the lab runs (`make setup` does).
 
-    python -m labtools components install prometheus chromium   # what is missing, as this machine allows
+    python -m labtools components install prometheus haproxy chromium   # what is missing, as this machine allows
     python -m labtools components check prometheus chromium     # exit 1, one sentence each, if missing
 
 Each program is taken from, in order: its environment variable (LAB_PROMETHEUS, ...), PATH, or what an
@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.processes import CHROMEDRIVER, CHROMIUM, PROMETHEUS, UNPACKED_PREFIX
+from utils.processes import CHROMEDRIVER, CHROMIUM, HAPROXY, PROMETHEUS, UNPACKED_PREFIX
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class Component:
 
 COMPONENTS = {
     "prometheus": Component("Prometheus", (PROMETHEUS,), ("prometheus",), ("prometheus",)),
+    # The libraries are the ones a slim Debian lacks: listed so that a rootless unpack has them too.
+    "haproxy": Component("haproxy", (HAPROXY,), ("haproxy", "liblua5.3-0", "libopentracing1",
+                                                 "libopentracing-c-wrapper0"), ("haproxy",)),
     "chromium": Component("Chromium and its driver", (CHROMIUM, CHROMEDRIVER), ("chromium", "chromium-driver"),
                           ("--cask", "chromium", "chromedriver")),
 }

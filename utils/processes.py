@@ -1,4 +1,4 @@
-"""Processes the lab starts (model servers, Prometheus), owned so that none goes stale.
+"""Processes the lab starts (model servers, Prometheus, haproxy), owned so that none goes stale.
 
 - Every process is recorded in `build/run/<pid>.json` (its kind, ports, command line and the pid of the
   process that started it), so the next notebook and `make stop` can find it.
@@ -48,6 +48,7 @@ class Program:
 
 
 PROMETHEUS = Program("prometheus", "LAB_PROMETHEUS", "usr/bin/prometheus")
+HAPROXY = Program("haproxy", "LAB_HAPROXY", "usr/sbin/haproxy")
 CHROMIUM = Program("chromium", "LAB_CHROMIUM", "usr/lib/chromium/chromium")
 CHROMEDRIVER = Program("chromedriver", "LAB_CHROMEDRIVER", "usr/lib/chromium/chromedriver")
 

@@ -14,22 +14,27 @@ INSTALL_HINT = ("Prometheus is not installed: run `make setup` (it installs Debi
                 "without root, or uses brew), or set LAB_PROMETHEUS to a prometheus binary.")
 
 
-def scrape_config(target, metrics_path, interval_seconds=1):
-    """prometheus.yml text scraping one model server (the same job as docker-compose.yaml's)."""
+def scrape_config(target, metrics_path, interval_seconds=1, extra_targets=()):
+    """prometheus.yml text scraping one model server (the same job as docker-compose.yaml's).
+
+    `extra_targets` are more host:port addresses scraped by the same job at the same path (notebook 07:
+    the replicas and haproxy).
+    """
+    targets = ", ".join(f"'{t}'" for t in (target, *extra_targets))
     return (f"global:\n  scrape_interval: {interval_seconds}s\n  evaluation_interval: {interval_seconds}s\n"
             f"scrape_configs:\n  - job_name: tfserving\n    metrics_path: {metrics_path}\n"
-            f"    static_configs:\n      - targets: ['{target}']\n")
+            f"    static_configs:\n      - targets: [{targets}]\n")
 
 
 class PrometheusServer:
     """`prometheus` as a subprocess with its own config and data directory; a context manager."""
 
-    def __init__(self, target, metrics_path, port=9090, workdir=BUILD_DIR / "prometheus"):
+    def __init__(self, target, metrics_path, port=9090, workdir=BUILD_DIR / "prometheus", extra_targets=()):
         self.binary = PROMETHEUS.find()
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
         self.workdir = Path(workdir)
-        self.config = scrape_config(target, metrics_path)
+        self.config = scrape_config(target, metrics_path, extra_targets=extra_targets)
         self.managed = None
 
     @property

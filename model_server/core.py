@@ -268,12 +268,8 @@ class ServingCore:
         if not spec.name:
             raise invalid_argument("ModelSpec has no name specified.")
         versions = self.manager.version_states(spec.name)
-        choice = spec.WhichOneof("version_choice")
-        wanted = None
-        if choice == "version_label":
-            wanted = self.manager.version_for_label(spec.name, spec.version_label)
-        elif choice == "version":
-            wanted = spec.version.value
+        # As get_model_status_impl.cc: a version filters, a label does not (every version is listed).
+        wanted = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
         if wanted is not None:
             versions = {v: s for v, s in versions.items() if v == wanted}
             if not versions:

@@ -6,10 +6,17 @@ import sys
 from contextlib import contextmanager
 
 import grpc
+import requests
 
 from conftest import TFSERVING_TESTDATA
 from model_server.grpc_api import CHANNEL_OPTIONS
 from utils.server import LocalModelServer, free_port, wait_until_available
+
+
+def label_version(rest_url, model_name, label):
+    """The version a label points at: the label's metadata names it (TF Serving's status API ignores labels)."""
+    metadata = requests.get(f"{rest_url}/v1/models/{model_name}/labels/{label}/metadata").json()
+    return int(metadata["model_spec"]["version"])
 
 
 def copy_fixture(name, target_dir):

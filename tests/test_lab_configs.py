@@ -9,12 +9,11 @@ directories. Configs after the first arrive as the lab sends them: written to th
 import shutil
 
 import pytest
-import requests
 import yaml
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
 from conftest import PROJECT_ROOT, TFSERVING_TESTDATA
-from server_harness import copy_fixture, running_server
+from server_harness import copy_fixture, label_version, running_server
 from test_server_fixtures import CONFIG as FIXTURES_CONFIG
 from utils.deploy import models_config, monitoring_config, write_config
 from utils.server import wait_until_available
@@ -61,10 +60,6 @@ def lab_dirs(tmp_path):
 def reload(channel, config):
     request = model_management_pb2.ReloadConfigRequest(config=config)
     return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request).status.error_code
-
-
-def label_version(rest, model, label):
-    return int(requests.get(f"{rest}/v1/models/{model}/labels/{label}").json()["model_version_status"][0]["version"])
 
 
 def test_compose_flags_are_the_lab_flags_for_labels_at_start_up(lab_dirs):

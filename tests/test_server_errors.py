@@ -35,7 +35,7 @@ REST_ERRORS = [
     # (method, path, body, HTTP status, exact error message)
     ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
     ("GET", "/v1/models/hp/versions/7", None, 404, "Could not find version 7 of model hp"),
-    ("GET", "/v1/models/hp/labels/nope", None, 400, "Unrecognized servable version label: nope"),
+    ("GET", "/v1/models/hp/labels/nope/metadata", None, 400, "Unrecognized servable version label: nope"),
     ("GET", "/v1/models", None, 400, "Missing model name in request."),
     ("GET", "/v1/models/hp/versions/x", None, 400, "Malformed request: GET /v1/models/hp/versions/x"),
     ("POST", "/v1/models/hp:explain", "{}", 400, "Malformed request: POST /v1/models/hp:explain"),

@@ -12,7 +12,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from google.protobuf import json_format
 
 from conftest import TFSERVING_TESTDATA
-from server_harness import copy_fixture, running_server
+from server_harness import copy_fixture, label_version, running_server
 
 CONFIG = """
 model_config_list {
@@ -121,8 +121,7 @@ def test_two_versions_by_version_and_by_label(rest):
         assert response.status_code == 200 and response.json() == {"predictions": [[2.5]]}
     status = requests.get(f"{rest}/v1/models/two_versions").json()
     assert [s["version"] for s in status["model_version_status"]] == ["124", "123"]
-    assert requests.get(f"{rest}/v1/models/two_versions/labels/canary").json()["model_version_status"][0][
-        "version"] == "124"
+    assert label_version(rest, "two_versions", "canary") == 124
 
 
 def test_counter_model_keeps_state(stub):
@@ -206,3 +205,10 @@ def test_grpc_accepts_a_19_mb_message(stub):
     assert request.ByteSize() > 19_000_000
     outputs = tf.make_ndarray(stub.Predict(request).outputs["y"])
     assert outputs.shape == values.shape and float(outputs[0, 0]) == 2.5
+
+
+def test_status_by_label_lists_every_version_as_tf_serving_does(rest):
+    """get_model_status_impl.cc filters on a version only; a label, even an unknown one, lists them all."""
+    for label in ("canary", "no_such_label"):
+        status = requests.get(f"{rest}/v1/models/two_versions/labels/{label}").json()
+        assert [s["version"] for s in status["model_version_status"]] == ["124", "123"]

@@ -12,7 +12,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import TFSERVING_TESTDATA
 from model_server.config import uri_is_relative_path
-from server_harness import copy_fixture, run_server_to_exit, running_server
+from server_harness import copy_fixture, label_version, run_server_to_exit, running_server
 from utils.deploy import models_config, write_config
 from utils.server import wait_until_available
 
@@ -166,9 +166,8 @@ def test_labels_at_start_up_are_accepted_with_the_flag(tmp_path):
     with running_server(tmp_path, flags, wait_for=[("hp", [123, 124])]) as (_, rest, _channel):
         for label in ("stable", "canary"):
             assert predict(rest, "hp", f"/labels/{label}").json() == {"predictions": [[2.5]]}
-        versions = {label: requests.get(f"{rest}/v1/models/hp/labels/{label}").json()["model_version_status"][0]
-                    ["version"] for label in ("stable", "canary")}
-        assert versions == {"stable": "123", "canary": "124"}
+        versions = {label: label_version(rest, "hp", label) for label in ("stable", "canary")}
+        assert versions == {"stable": 123, "canary": 124}
 
 
 @pytest.mark.parametrize("allow", [False, True])
@@ -211,8 +210,7 @@ def test_canary_two_step_relabel(tmp_path):
         assert reload(channel, models_config("hp", base, [123, 124], {"stable": 123, "canary": 124})) == ("OK", "")
         wait_until_available(rest, "hp", [124], timeout=20)
         assert reload(channel, models_config("hp", base, [123, 124], {"stable": 124})) == ("OK", "")
-        status = requests.get(f"{rest}/v1/models/hp/labels/stable").json()
-        assert status["model_version_status"][0]["version"] == "124"
+        assert label_version(rest, "hp", "stable") == 124
 
 
 def test_two_step_start_adds_labels_by_polling_the_config_file(tmp_path):

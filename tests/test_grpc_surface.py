@@ -352,7 +352,7 @@ def test_warmup_record_claiming_a_terabyte_fails_the_load_cleanly(tmp_path):
     with tf.io.TFRecordWriter(str(base / "00000123" / "assets.extra" / "tf_serving_warmup_requests")) as writer:
         writer.write(log.SerializeToString())
     code, output = run_server_to_exit(["--model_name=hp", f"--model_base_path={base}", f"--port={free_port()}"])
-    assert code == 1
+    assert code == 255, "a load that fails at start-up: TF Serving's 'Failed to start server', exit -1"
     assert _too_many([TERABYTE_ELEMENTS])[1] in output
 
 
@@ -382,6 +382,9 @@ def test_memory_error_becomes_resource_exhausted():
 
 
 def test_an_unforeseen_exception_in_reload_config_is_an_internal_status():
-    response = ModelService(None, _fails).HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), None)
-    assert (response.status.error_code, response.status.error_message) == (
-        grpc.StatusCode.INTERNAL.value[0], "HandleReloadConfigRequest failed: KeyError: 20")
+    context = RecordingContext()
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.SetInParent()
+    with pytest.raises(grpc.RpcError):  # TF Serving fails the call with the status (model_service_impl.cc)
+        ModelService(None, _fails).HandleReloadConfigRequest(request, context)
+    assert context.status == (grpc.StatusCode.INTERNAL, "HandleReloadConfigRequest failed: KeyError: 20")

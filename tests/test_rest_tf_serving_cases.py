@@ -73,7 +73,8 @@ def rest(tmp_path_factory):
         config {{ name: "{HALF_PLUS_TWO}" base_path: "{half_plus_two}" model_platform: "tensorflow"
                   model_version_policy {{ specific {{ versions: 123 }} }}
                   version_labels {{ key: "Version_Label" value: 123 }} }} }}''')
-    with running_server(tmp, [f"--model_config_file={config}", f"--rest_api_max_body_bytes={MAX_BODY_BYTES}"],
+    with running_server(tmp, [f"--model_config_file={config}", f"--rest_api_max_body_bytes={MAX_BODY_BYTES}",
+                              "--allow_version_labels_for_unavailable_models"],
                         wait_for=[("echo", [1]), (HALF_PLUS_THREE, [123]), (HALF_PLUS_TWO, [123])]) as (_, url, _):
         yield url
 

@@ -16,6 +16,8 @@ from utils import catalog, deploy, serving
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 LAB_KERNEL = "tfserving-lab"
+MAX_CODE_LINE = 100  # fits a notebook's width in JupyterLab without scrolling sideways
+LESSONS = [path for path in NOTEBOOKS if path.name < "07"]  # 01-06; 07 is the appendix
 
 
 def code_cell_defining(notebook_name, definition):
@@ -112,6 +114,24 @@ def exercises_after_summary(notebook):
     return None if -1 < summary < exercises else "no Exercises section after the Summary"
 
 
+def code_lines_fit(notebook):
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            for line in cell.source.splitlines():
+                if len(line) > MAX_CODE_LINE:
+                    return f"a code line of {len(line)} characters: {line[:40]!r}"
+    return None
+
+
+def solutions_cover_exercises(notebook):
+    """Every numbered exercise has a worked solution (cells tagged `solution`, under `## Solutions`)."""
+    exercises = len(re.findall(r"^\d+\. ", section(markdown_of(notebook), "Exercises") or "", flags=re.M))
+    solved = sum("solution" in c.metadata.get("tags", []) for c in notebook.cells)
+    if section(markdown_of(notebook), "Solutions") is None:
+        return "no Solutions section"
+    return None if exercises and solved >= exercises else f"{exercises} exercises but {solved} solution cells"
+
+
 def lab_kernel(notebook):
     name = notebook.metadata.get("kernelspec", {}).get("name")
     return None if name == LAB_KERNEL else f"kernel {name!r}, expected {LAB_KERNEL!r}"
@@ -133,13 +153,18 @@ def no_error_outputs(notebook):
 
 RULES = [one_h1, starts_with_title_and_overview, objectives_match_sections, setup_before_parameters,
          one_parameters_cell, parameters_are_commented, summary_section, summary_says_next,
-         exercises_after_summary, lab_kernel, no_stderr_outputs, no_error_outputs]
+         exercises_after_summary, code_lines_fit, lab_kernel, no_stderr_outputs, no_error_outputs]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
 def test_notebook_follows_the_house_template(path, rule):
     assert rule(nbformat.read(path, as_version=4)) is None
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem[:2])
+def test_every_exercise_of_a_lesson_has_a_worked_solution(path):
+    assert solutions_cover_exercises(nbformat.read(path, as_version=4)) is None
 
 
 def template_notebook():
@@ -153,6 +178,8 @@ def template_notebook():
         md("## 1. First"), code("1 + 1"), md("## 2. Second"), code("2 + 2"),
         md("## Summary\n\n- A point.\n\n**Next:** the next notebook."),
         md("## Exercises\n\n1. Try it."),
+        md("## Solutions"),
+        code("2 + 2", metadata={"tags": ["solution"]}),
     ])
     notebook.metadata["kernelspec"] = {"name": LAB_KERNEL, "display_name": "lab", "language": "python"}
     return notebook
@@ -187,6 +214,8 @@ BREAKAGES = {
     summary_section: without("## Summary"),
     summary_says_next: without("**Next:**"),
     exercises_after_summary: without("## Exercises"),
+    code_lines_fit: lambda nb: setattr(nb.cells[2], "source", "x = " + "1 + " * 40 + "1"),
+    solutions_cover_exercises: lambda nb: nb.cells[-1].metadata.update(tags=[]),
     lab_kernel: lambda nb: nb.metadata["kernelspec"].update(name="python3"),
     no_stderr_outputs: lambda nb: nb.cells[2].outputs.append(
         nbformat.v4.new_output("stream", name="stderr", text="Traceback")),
@@ -196,15 +225,16 @@ BREAKAGES = {
 
 
 def test_every_rule_has_a_breakage():
-    assert set(BREAKAGES) == set(RULES)
+    assert set(BREAKAGES) == {*RULES, solutions_cover_exercises}
 
 
 def test_the_template_notebook_keeps_every_rule():
     notebook = template_notebook()
-    assert {rule.__name__: rule(notebook) for rule in RULES} == {rule.__name__: None for rule in RULES}
+    rules = [*RULES, solutions_cover_exercises]
+    assert {rule.__name__: rule(notebook) for rule in rules} == {rule.__name__: None for rule in rules}
 
 
-@pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
+@pytest.mark.parametrize("rule", [*RULES, solutions_cover_exercises], ids=lambda rule: rule.__name__)
 def test_each_rule_catches_a_notebook_that_breaks_it(rule):
     notebook = template_notebook()
     BREAKAGES[rule](notebook)

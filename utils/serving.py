@@ -32,8 +32,10 @@ class ServingModule(tf.Module):
     def predict_labels(self, raw_images):
         """serving_preprocess: encoded JPEG/PNG bytes -> top-k labels and probabilities."""
         images = tf.map_fn(
-            preprocess_image, raw_images,
-            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32))
+            preprocess_image,
+            raw_images,
+            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+        )
         probabilities = tf.nn.softmax(self.model(images))
         top = tf.math.top_k(probabilities, k=self.top_k)
         return {"labels": tf.gather(self.labels, top.indices), "probabilities": top.values}

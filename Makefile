@@ -64,7 +64,7 @@ notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
 jupyter: setup  ## JupyterLab on the lab's kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-stop:  ## stop every server the lab started (model servers, Prometheus, the Docker service)
+stop:  ## stop every server the lab started (model servers, replicas, Prometheus, haproxy, Docker service)
 	@test -x $(PY) && $(PY) -m labtools stop || echo "Nothing to stop: the lab is not set up."
 
 clean: stop

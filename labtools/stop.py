@@ -1,5 +1,5 @@
-"""`python -m labtools stop` (`make stop`): stop every server the lab started (model servers, Prometheus,
-the Docker service), whichever notebook or kernel started it."""
+"""`python -m labtools stop` (`make stop`): stop every server the lab started (model servers and their
+replicas, Prometheus, haproxy, the Docker service), whichever notebook or kernel started it."""
 
 import argparse
 import subprocess

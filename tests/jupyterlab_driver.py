@@ -174,6 +174,7 @@ const [path] = args;
 const panel = await jupyterapp.commands.execute('docmanager:open', {path, factory: 'Notebook'});
 await panel.context.ready;
 await panel.sessionContext.ready;
+await panel.sessionContext.session.kernel.info;
 jupyterapp.shell.activateById(panel.id);
 window.labUnderTest = {panel, run: null};
 return {kernel: panel.sessionContext.session && panel.sessionContext.session.kernel.name};
@@ -187,6 +188,9 @@ jupyterapp.commands.execute(command).then(
   result => { lab.run = {settled: true, result: result === undefined ? null : result}; },
   error => { lab.run = {settled: true, error: String(error)}; });
 return true;
+"""
+KERNEL_IDLE_JS = """
+return window.labUnderTest.panel.sessionContext.kernelDisplayStatus === 'idle';
 """
 RUN_SETTLED_JS = """
 const lab = window.labUnderTest;
@@ -247,8 +251,16 @@ class LabPage:
         self.run_js("await jupyterapp.restored; return true;")
 
     def open_notebook(self, path):
-        """Open `path` (relative to JupyterLab's root) in the Notebook editor; returns its kernel's name."""
-        return self.run_js(OPEN_NOTEBOOK_JS, path)["kernel"]
+        """Open `path` (relative to JupyterLab's root) in the Notebook editor; returns its kernel's name.
+
+        Returns once the kernel has answered and shows idle, as a person waits for the kernel
+        indicator: a restart issued while the first connection is still being set up can
+        leave JupyterLab 4.6 with a kernel that never receives the cells (server log:
+        "Replacing stale connection", then "struct.error" decoding the next message).
+        """
+        kernel = self.run_js(OPEN_NOTEBOOK_JS, path)["kernel"]
+        WebDriverWait(self.driver, PAGE_TIMEOUT_SECONDS).until(lambda d: d.execute_script(KERNEL_IDLE_JS))
+        return kernel
 
     def run_command(self, command, confirm_restart=False, timeout=NOTEBOOK_RUN_TIMEOUT_SECONDS):
         """Run a notebook command (accepting its restart dialog as a person would) and wait until it is done.

@@ -25,7 +25,7 @@ from selenium.webdriver.common.selenium_manager import SeleniumManager
 
 from jupyterlab_driver import (
     BROWSER_BUILD_DIR, PROJECT_ROOT, SCREENSHOTS_DIR, BrowserMissing, JupyterLab, LabPage, Problem, browser_binaries, check_report,
-    notebook_problems, report_problems, start_chromium, wide_cells)
+    notebook_problems, page_problems, start_chromium, wide_cells)
 from labtools.kernel import KERNEL_NAME
 
 pytestmark = pytest.mark.browser
@@ -239,13 +239,20 @@ def nbconvert_html(notebook_path, output_dir):
     return notebook_path.with_suffix(".html").name
 
 
-def test_report_check_flags_a_broken_link_and_a_broken_image(driver, tmp_path):
+def test_report_check_names_a_broken_image_a_missing_file_and_a_missing_anchor(driver, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     index = write_report(tmp_path, "broken", {"missing": "missing.html", "section": "#nowhere"}, figure="broken.png")
-    problems = report_problems(driver, index)
-    assert problems == [f"{index.as_uri()}: image 'broken.png' did not render.",
-                        f"{index.as_uri()}: link {(tmp_path / 'missing.html').as_uri()} names no file.",
-                        f"{index.as_uri()}: link #nowhere names no element on the page."]
+    with pytest.raises(AssertionError) as failure:
+        check_report(driver, index)
+    assert str(failure.value) == (
+        f"report {index}: {index.as_uri()}: image 'broken.png' did not render. "
+        f"{index.as_uri()}: link {(tmp_path / 'missing.html').as_uri()} names no file. "
+        f"{index.as_uri()}: link #nowhere names no element on the page. Screenshot: {SCREENSHOTS_DIR / 'report-index.png'}")
+
+
+def test_report_page_that_does_not_load_is_named_with_the_browser_error(driver, tmp_path):
+    absent = (tmp_path / "absent.html").as_uri()
+    assert page_problems(driver, absent) == [f"{absent} did not load (ERR_FILE_NOT_FOUND)."]
 
 
 @pytest.fixture(scope="module")

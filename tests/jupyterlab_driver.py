@@ -294,10 +294,10 @@ class LabPage:
         return save_window(self.driver, stem)
 
 
-def save_window(driver, stem):
-    """Save `stem`.png (the window) and `stem`.txt (the page's visible text) under build/browser/screenshots/."""
-    SCREENSHOTS_DIR.mkdir(parents=True, exist_ok=True)
-    png = SCREENSHOTS_DIR / f"{stem}.png"
+def save_window(driver, stem, directory=SCREENSHOTS_DIR):
+    """Save `stem`.png (the window) and `stem`.txt (the page's visible text) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    png = directory / f"{stem}.png"
     driver.save_screenshot(str(png))
     png.with_suffix(".txt").write_text(driver.execute_script("return document.body.innerText"))
     return png
@@ -402,10 +402,13 @@ def report_problems(driver, report_path):
     return problems
 
 
-def check_report(driver, report_path):
-    """Assert that the report at `report_path` opens from disk with every local link resolving and every image rendering."""
+def check_report(driver, report_path, screenshots_dir=SCREENSHOTS_DIR):
+    """Assert that the report at `report_path` opens from disk with every local link resolving and every image rendering.
+
+    On failure, a screenshot of the report page is saved in `screenshots_dir`.
+    """
     problems = report_problems(driver, report_path)
     if problems:
         driver.get(Path(report_path).resolve().as_uri())
-        evidence = save_window(driver, f"report-{Path(report_path).stem}")
+        evidence = save_window(driver, f"report-{Path(report_path).stem}", screenshots_dir)
         raise AssertionError(f"report {report_path}: " + " ".join(problems) + f" Screenshot: {evidence}")

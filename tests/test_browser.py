@@ -5,8 +5,13 @@ offline catalog (LAB_CATALOG=offline). Each notebook is opened in the Notebook e
 on the lab's kernel and run with "Run All", or, for notebooks 04-06 (which start
 servers), with "Restart Kernel and Run All Cells" twice in a row. After each run: every
 code cell ran, no error or stderr output, every figure rendered as an image, no raw
-carriage returns, no widget errors. Failures leave screenshots and the page's text in build/browser/screenshots/.
-Nothing is saved: the committed notebooks are left as they are (checked last).
+carriage returns, no widget errors. The report check loads an HTML report from disk.
+
+In build/browser/: screenshots/ (on failure, the window at the failing cell and the
+page's text; for the record, each notebook's first figure and first line that scrolls
+sideways, "-view-"), executed/ (the notebooks as JupyterLab held them after the first
+run), runs.jsonl (seconds, problems, wide cells and images per run), jupyterlab.log.
+Nothing is saved over the committed notebooks (checked last).
 """
 
 import hashlib
@@ -243,11 +248,11 @@ def test_report_check_names_a_broken_image_a_missing_file_and_a_missing_anchor(d
     (tmp_path / "broken.png").write_bytes(b"not a png")
     index = write_report(tmp_path, "broken", {"missing": "missing.html", "section": "#nowhere"}, figure="broken.png")
     with pytest.raises(AssertionError) as failure:
-        check_report(driver, index)
+        check_report(driver, index, screenshots_dir=tmp_path)
     assert str(failure.value) == (
         f"report {index}: {index.as_uri()}: image 'broken.png' did not render. "
         f"{index.as_uri()}: link {(tmp_path / 'missing.html').as_uri()} names no file. "
-        f"{index.as_uri()}: link #nowhere names no element on the page. Screenshot: {SCREENSHOTS_DIR / 'report-index.png'}")
+        f"{index.as_uri()}: link #nowhere names no element on the page. Screenshot: {tmp_path / 'report-index.png'}")
 
 
 def test_report_page_that_does_not_load_is_named_with_the_browser_error(driver, tmp_path):

@@ -66,7 +66,8 @@ def browser_binaries():
         candidates = [os.environ[variable]] if os.environ.get(variable) else names
         path = next(filter(None, map(shutil.which, candidates)), None)
         if path is None:
-            where = f"${variable}={os.environ[variable]!r}" if os.environ.get(variable) else f"{' or '.join(names)} on PATH"
+            where = (f"${variable}={os.environ[variable]!r}" if os.environ.get(variable)
+                     else f"{' or '.join(names)} on PATH")
             raise BrowserMissing(f"No {names[0]} found ({where}): run `make setup`, which installs Chromium and "
                                  f"chromedriver, or set {variable} to the program.")
         found.append(path)
@@ -189,6 +190,7 @@ jupyterapp.commands.execute(command).then(
   error => { lab.run = {settled: true, error: String(error)}; });
 return true;
 """
+RESTART_BUTTON_CSS = ".jp-Dialog button:has([aria-label='Confirm Kernel Restart'])"
 KERNEL_IDLE_JS = """
 return window.labUnderTest.panel.sessionContext.kernelDisplayStatus === 'idle';
 """
@@ -271,7 +273,7 @@ class LabPage:
         self.run_js(START_COMMAND_JS, command)
         if confirm_restart:
             button = WebDriverWait(self.driver, PAGE_TIMEOUT_SECONDS).until(
-                lambda d: d.find_element(By.CSS_SELECTOR, ".jp-Dialog button:has([aria-label='Confirm Kernel Restart'])"))
+                lambda d: d.find_element(By.CSS_SELECTOR, RESTART_BUTTON_CSS))
             button.click()
         try:
             return WebDriverWait(self.driver, timeout, poll_frequency=1).until(
@@ -363,7 +365,8 @@ return await Promise.all(Array.from(document.images).map(image => {
 """
 # Each link's absolute URL, and whether its #fragment (if any) names an element on this page.
 LINKS_JS = """
-return Array.from(document.links).map(a => [a.href, !a.hash || !!document.getElementById(decodeURIComponent(a.hash.slice(1)))]);
+return Array.from(document.links).map(
+  a => [a.href, !a.hash || !!document.getElementById(decodeURIComponent(a.hash.slice(1)))]);
 """
 CHROME_ERROR_PREFIX = "chrome-error://"
 
@@ -403,7 +406,7 @@ def report_problems(driver, report_path):
 
 
 def check_report(driver, report_path, screenshots_dir=SCREENSHOTS_DIR):
-    """Assert that the report at `report_path` opens from disk with every local link resolving and every image rendering.
+    """Assert that the report at `report_path` opens from disk, every local link resolving, every image rendering.
 
     On failure, a screenshot of the report page is saved in `screenshots_dir`.
     """

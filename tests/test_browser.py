@@ -29,8 +29,8 @@ import pytest
 from selenium.webdriver.common.selenium_manager import SeleniumManager
 
 from jupyterlab_driver import (
-    BROWSER_BUILD_DIR, PROJECT_ROOT, SCREENSHOTS_DIR, BrowserMissing, JupyterLab, LabPage, Problem, browser_binaries, check_report,
-    notebook_problems, page_problems, start_chromium, wide_cells)
+    BROWSER_BUILD_DIR, PROJECT_ROOT, SCREENSHOTS_DIR, BrowserMissing, JupyterLab, LabPage, Problem, browser_binaries,
+    check_report, notebook_problems, page_problems, start_chromium, wide_cells)
 from labtools.kernel import KERNEL_NAME
 
 pytestmark = pytest.mark.browser
@@ -134,7 +134,8 @@ def run_and_check(page, name, command, label, expected_images, confirm_restart=F
     if not problems:
         return facts, None
     screenshots = ", ".join(str(path.relative_to(PROJECT_ROOT)) for path in evidence)
-    return facts, f"{name} after {label}: " + " ".join(message for _, _, message in problems) + f" Screenshots: {screenshots}"
+    messages = " ".join(message for _, _, message in problems)
+    return facts, f"{name} after {label}: {messages} Screenshots: {screenshots}"
 
 
 def save_views(page, name, facts):
@@ -214,7 +215,7 @@ def runs_for(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_clean_in_jupyterlab(lab_page, name):
-    """In order 01, 02, ...: later notebooks use files that earlier ones make (03 exports build/models, 04 writes build/configs)."""
+    """In order 01, 02, ...: later notebooks use files earlier ones make (03: build/models, 04: build/configs)."""
     open_notebook(lab_page, f"notebooks/{name}")
     failures = []
     try:
@@ -231,7 +232,8 @@ def test_notebook_runs_clean_in_jupyterlab(lab_page, name):
 
 def write_report(report_dir, title, pages, figure=None):
     """A minimal report: index.html with a table linking `pages` {label: html file name} and an optional figure."""
-    rows = "".join(f'<tr><td><a href="{html.escape(file)}">{html.escape(label)}</a></td></tr>' for label, file in pages.items())
+    rows = "".join(f'<tr><td><a href="{html.escape(file)}">{html.escape(label)}</a></td></tr>'
+                   for label, file in pages.items())
     image = f'<img src="{html.escape(figure)}" alt="figure">' if figure else ""
     index = report_dir / "index.html"
     index.write_text(f"<!doctype html><title>{html.escape(title)}</title><table>{rows}</table>{image}")

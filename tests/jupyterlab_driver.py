@@ -14,7 +14,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from utils.processes import CHROMEDRIVER, CHROMIUM
 from utils.server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -60,16 +60,16 @@ class BrowserMissing(Exception):
 
 
 def browser_binaries():
-    """(chromium, chromedriver): $LAB_CHROMIUM and $LAB_CHROMEDRIVER if set, else found on PATH."""
+    """(chromium, chromedriver) as the lab finds them: $LAB_CHROMIUM / $LAB_CHROMEDRIVER, PATH, or unpacked."""
     found = []
-    for variable, names in [("LAB_CHROMIUM", ["chromium", "chromium-browser"]), ("LAB_CHROMEDRIVER", ["chromedriver"])]:
-        candidates = [os.environ[variable]] if os.environ.get(variable) else names
-        path = next(filter(None, map(shutil.which, candidates)), None)
+    for program in (CHROMIUM, CHROMEDRIVER):
+        path = program.find()
         if path is None:
+            variable = program.env_var
             where = (f"${variable}={os.environ[variable]!r}" if os.environ.get(variable)
-                     else f"{' or '.join(names)} on PATH")
-            raise BrowserMissing(f"No {names[0]} found ({where}): run `make setup`, which installs Chromium and "
-                                 f"chromedriver, or set {variable} to the program.")
+                     else f"{program.name} on PATH or unpacked by make setup")
+            raise BrowserMissing(f"No {program.name} found ({where}): run `make setup`, which installs Chromium "
+                                 f"and chromedriver, or set {variable} to the program.")
         found.append(path)
     return tuple(found)
 

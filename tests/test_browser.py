@@ -32,6 +32,8 @@ from jupyterlab_driver import (
     BROWSER_BUILD_DIR, PROJECT_ROOT, SCREENSHOTS_DIR, BrowserMissing, JupyterLab, LabPage, Problem, browser_binaries,
     check_report, notebook_problems, page_problems, start_chromium, wide_cells)
 from labtools.kernel import KERNEL_NAME
+from labtools.report import RUN_SUMMARY
+from labtools.report import write_report as write_lab_report
 
 pytestmark = pytest.mark.browser
 
@@ -240,12 +242,6 @@ def write_report(report_dir, title, pages, figure=None):
     return index
 
 
-def nbconvert_html(notebook_path, output_dir):
-    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--output-dir", str(output_dir),
-                    str(notebook_path)], check=True, capture_output=True)
-    return notebook_path.with_suffix(".html").name
-
-
 def test_report_check_names_a_broken_image_a_missing_file_and_a_missing_anchor(driver, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     index = write_report(tmp_path, "broken", {"missing": "missing.html", "section": "#nowhere"}, figure="broken.png")
@@ -264,17 +260,18 @@ def test_report_page_that_does_not_load_is_named_with_the_browser_error(driver, 
 
 @pytest.fixture(scope="module")
 def lab_report(tmp_path_factory):
-    """A report of this run: the notebooks executed in the browser, as nbconvert HTML, linked from index.html.
-
-    Stands in for `python -m labtools report` (make lab's report) until that command exists.
-    """
+    """make lab's report (`labtools.report`), written for the notebooks executed in the browser above."""
     executed = sorted(EXECUTED_DIR.glob("*.ipynb"))
     if [path.name for path in executed] != NOTEBOOKS:
         pytest.fail(f"The notebook runs above saved {[p.name for p in executed]} in {EXECUTED_DIR}, not all of "
                     f"{NOTEBOOKS}: see their failures.", pytrace=False)
-    report_dir = tmp_path_factory.mktemp("report")
-    pages = {path.stem: nbconvert_html(path, report_dir) for path in executed}
-    return write_report(report_dir, "TF Serving lab: notebooks run in JupyterLab", pages)
+    runs = [json.loads(line) for line in RUNS_LOG.read_text().splitlines()]
+    summary = {"catalog": os.environ.get("LAB_CATALOG", "offline"), "seconds": sum(r["seconds"] for r in runs),
+               "runs": [{"name": path.name, "ok": True, "error": "", "log": "",
+                         "seconds": sum(r["seconds"] for r in runs if r["notebook"] == path.name)}
+                        for path in executed]}
+    (EXECUTED_DIR / RUN_SUMMARY).write_text(json.dumps(summary))
+    return write_lab_report(EXECUTED_DIR, tmp_path_factory.mktemp("report"))
 
 
 def test_report_links_resolve_and_images_render(driver, lab_report):

@@ -24,7 +24,10 @@ from utils.paths import BUILD_DIR, PROJECT_ROOT, cache_dir
 
 BUNDLE_DIR = BUILD_DIR / "bundle"
 MANIFEST = "SHA256SUMS"
-DEBIAN_PACKAGES = ("prometheus", "chromium", "chromium-common", "chromium-driver")
+# Those of labtools.components (kept in step by a test; this module is stdlib-only), and chromium-common,
+# which the chromium package needs beside it when unpacked without root.
+DEBIAN_PACKAGES = ("prometheus", "haproxy", "liblua5.3-0", "libopentracing1", "libopentracing-c-wrapper0", "chromium",
+                   "chromium-common", "chromium-driver")
 
 
 class BundleError(Exception):

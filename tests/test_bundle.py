@@ -70,3 +70,10 @@ def test_install_into_a_fresh_venv_with_the_index_disabled(toy_bundle, tmp_path,
     answer = subprocess.run([python, "-c", "import labtoy; print(labtoy.ANSWER)"], capture_output=True, text=True)
     assert answer.stdout == "42\n"
     assert (tmp_path / "cache" / "offline" / "model" / "saved_model.pb").read_bytes() == b"\x08\x01"
+
+
+def test_the_bundle_carries_every_debian_package_the_lab_installs():
+    from labtools.components import COMPONENTS
+
+    wanted = {package for component in COMPONENTS.values() for package in component.debian}
+    assert wanted <= set(bundle.DEBIAN_PACKAGES)

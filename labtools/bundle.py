@@ -102,7 +102,7 @@ def install_models(bundle, cache=None):
 
 def install_debian_packages(bundle, prefix):
     """Install the bundle's Debian packages: apt as root, else unpacked under `prefix` (no sudo)."""
-    debs = sorted((Path(bundle) / "debs").glob("*.deb"))
+    debs = sorted((Path(bundle) / "debs").resolve().glob("*.deb"))  # apt takes a .deb by its path
     if not debs:
         return False
     if os.geteuid() == 0 and shutil.which("apt-get"):
@@ -142,5 +142,7 @@ def main(argv=None):
     except BundleError as error:
         parser.exit(1, f"error: {error}\n")
     except subprocess.CalledProcessError as error:
-        parser.exit(1, f"error: `{' '.join(map(str, error.cmd[:4]))} ...` failed with exit code {error.returncode}.\n")
+        said = (error.stderr or b"").decode(errors="replace").strip().splitlines()[-1:] if error.stderr else []
+        parser.exit(1, f"error: `{' '.join(map(str, error.cmd[:4]))} ...` failed with exit code {error.returncode}"
+                       f"{': ' + said[0] if said else ''}.\n")
     return 0

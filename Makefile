@@ -70,5 +70,17 @@ stop:  ## stop every server the lab started (model servers, replicas, Prometheus
 clean: stop
 	rm -rf build
 
-bench: setup  ## served vs in-process latency ratios on the offline models (last line: JSON)
+# The bench's peer, KServe, in its own venv: KServe and its pins (protobuf 6, psutil 5) first on
+# the path, then the lab's packages (TensorFlow) through a .pth; made once, then used offline.
+BENCH_VENV := build/bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+KSERVE_VERSION := 0.21.0
+$(BENCH_STAMP): | $(STAMP)
+	$(PY) -m venv $(BENCH_VENV)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+		"$$($(BENCH_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/lab-venv.pth"
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check kserve==$(KSERVE_VERSION)
+	touch $@
+
+bench: setup $(BENCH_STAMP)  ## served vs in-process, bare-library and KServe ratios (last line: JSON)
 	$(PY) -m labtools bench

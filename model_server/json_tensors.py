@@ -15,6 +15,7 @@ bytes that are not UTF-8 pass through unchanged.
 
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -584,10 +585,6 @@ class PrettyWriter:
             inner = "\n" + INDENT * (len(self.levels) + 1)
             self._put("[" + inner + ("," + inner).join(texts) + "\n" + INDENT * len(self.levels) + "]")
 
-    def b64_object_text(self, depth, encoded):
-        """The text of {"b64": encoded} started with `depth` levels open."""
-        return "{\n" + INDENT * (depth + 1) + '"b64": ' + json_string(encoded) + "\n" + INDENT * depth + "}"
-
 
 def debug_string(value, limit=256):
     """JsonValueToDebugString: the value through a PrettyWriter, cut once past 256 bytes."""
@@ -1011,25 +1008,67 @@ def predict_request_from_json(body, signature_inputs):
 
 # --- responses ------------------------------------------------------------------------------
 
+# WriteDecimal's two precisions: digits10 first, max_digits10 when those do not read back.
+SHORT_FORMAT = "%.6g"
+FULL_FORMATS = {np.dtype(np.float32): "%.9g", np.dtype(np.float64): "%.17g"}
+# A scaled value this close to a rounding tie, or a decimal this close to a float32 rounding
+# midpoint, is decided by formatting and reading back: float64 arithmetic is too coarse there.
+TIE_MARGIN = 1e-6
+MIDPOINT_MARGIN = 1e-12
+
+
+def _reads_back_in_six_digits(flat):
+    """(decided, six) for a float32 array: where `decided`, `six` says whether '%.6g' reads back.
+
+    The six-digit decimal is computed in float64 (the value scaled by a power of ten, rounded);
+    elements near a rounding tie or near a float32 rounding midpoint are left undecided.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        values = flat.astype(np.float64)
+        magnitude = np.abs(values)
+        exponent = np.floor(np.log10(magnitude))
+        exponent += magnitude >= 10.0 ** (exponent + 1)
+        exponent -= magnitude < 10.0 ** exponent
+        scale = 10.0 ** (5 - exponent)
+        scaled = values * scale
+        rounded = np.rint(scaled)
+        decimal = rounded / scale
+        six = decimal.astype(np.float32) == flat
+        below = np.nextafter(flat, np.float32(-np.inf)).astype(np.float64)
+        above = np.nextafter(flat, np.float32(np.inf)).astype(np.float64)
+        near_midpoint = ((np.abs(decimal - (values + below) / 2) <= magnitude * MIDPOINT_MARGIN)
+                         | (np.abs(decimal - (values + above) / 2) <= magnitude * MIDPOINT_MARGIN))
+        far_from_tie = np.abs(scaled - np.floor(scaled) - 0.5) > TIE_MARGIN
+        decided = np.isfinite(scaled) & (magnitude > 0) & far_from_tie & ~near_midpoint
+    return decided, six
+
+
 def decimal_texts(values):
     """WriteDecimal for a float32 or float64 array: six significant digits when they read back
     as the same value, full precision otherwise; '.0' on whole numbers; NaN and ±Infinity."""
     flat = values.reshape(-1)
-    full_digits = 9 if flat.dtype == np.float32 else 17
-    numbers = flat.tolist()
-    texts = ["%.6g" % v for v in numbers]
+    full_format = FULL_FORMATS[flat.dtype]
     finite = np.isfinite(flat)
-    with np.errstate(invalid="ignore"):
-        parsed = np.array([t if ok else "nan" for t, ok in zip(texts, finite.tolist())], dtype=np.float64)
     if flat.dtype == np.float32:
-        parsed = parsed.astype(np.float32)
-    for index in np.flatnonzero((parsed != flat) & finite).tolist():
-        texts[index] = "%.*g" % (full_digits, numbers[index])
-    for index in np.flatnonzero(~finite).tolist():
-        value = numbers[index]
-        texts[index] = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
-    return [t if ("." in t or "e" in t or not finite_value) else t + ".0"
-            for t, finite_value in zip(texts, finite.tolist())]
+        decided, six = _reads_back_in_six_digits(flat)
+    else:
+        decided = six = np.zeros(flat.shape, dtype=bool)
+    texts = np.empty(flat.shape, dtype=object)
+    short, full = decided & six, decided & ~six
+    texts[short] = list(map(SHORT_FORMAT.__mod__, flat[short].tolist()))
+    texts[full] = list(map(full_format.__mod__, flat[full].tolist()))
+    undecided = np.flatnonzero(~decided & finite)
+    for index, number in zip(undecided.tolist(), flat[undecided].tolist()):
+        text = SHORT_FORMAT % number
+        if flat.dtype.type(float(text)) != flat[index]:
+            text = full_format % number
+        texts[index] = text
+    with np.errstate(invalid="ignore"):
+        whole = np.flatnonzero(finite & (np.floor(flat) == flat))
+    texts[whole] = [text if "." in text or "e" in text else text + ".0" for text in texts[whole].tolist()]
+    for index, number in zip(np.flatnonzero(~finite).tolist(), flat[~finite].tolist()):
+        texts[index] = "NaN" if math.isnan(number) else ("-Infinity" if number < 0 else "Infinity")
+    return texts.tolist()
 
 
 def _output_texts(name, array):
@@ -1051,24 +1090,24 @@ def _output_texts(name, array):
                            f"{dtype_name(tf.dtypes.as_dtype(kind).as_datatype_enum)}")
 
 
-def _write_tensor(writer, texts, is_b64, shape, start, dim):
-    """AddTensorValues from dimension `dim`; returns the offset after the values written."""
-    if dim >= len(shape):
-        text = texts[start]
-        writer.value(writer.b64_object_text(len(writer.levels), text) if is_b64 else text)
-        return start + 1
-    if dim == len(shape) - 1:
-        items = texts[start:start + shape[dim]]
-        if is_b64:
-            depth = len(writer.levels) + 1
-            items = [writer.b64_object_text(depth, text) for text in items]
-        writer.leaf_array(items)
-        return start + shape[dim]
-    writer.start(True)
-    for _ in range(shape[dim]):
-        start = _write_tensor(writer, texts, is_b64, shape, start, dim + 1)
-    writer.end()
-    return start
+@functools.lru_cache(maxsize=16)
+def _tensor_template(shape, depth, single_line, is_b64):
+    """The PrettyWriter text of a tensor of `shape` written with `depth` levels open, '%s' for
+    each value: what AddTensorValues writes, built once per shape and filled with `%`."""
+    if not shape:
+        return '{\n' + INDENT * (depth + 1) + '"b64": "%s"\n' + INDENT * depth + '}' if is_b64 else "%s"
+    if not shape[0]:
+        return "[]"
+    inner = _tensor_template(shape[1:], depth + 1, single_line, is_b64)
+    if single_line:
+        return "[" + ", ".join([inner] * shape[0]) + "]"
+    indent = "\n" + INDENT * (depth + 1)
+    return "[" + indent + ("," + indent).join([inner] * shape[0]) + "\n" + INDENT * depth + "]"
+
+
+def _tensor_text(writer, texts, is_b64, shape):
+    """The text of one tensor (its values' `texts`, b64 ones unquoted) at the writer's position."""
+    return _tensor_template(tuple(shape), len(writer.levels), writer.single_line_arrays, is_b64) % tuple(texts)
 
 
 def predict_response_json(outputs, request_format):
@@ -1087,18 +1126,28 @@ def predict_response_json(outputs, request_format):
                                        f"expecting: {batch}")
             batch = array.shape[0]
         columns = {name: (*_output_texts(name, array), array.shape) for name, array in arrays.items()}
-        offsets = dict.fromkeys(columns, 0)
         writer.start(False)
         writer.value('"predictions"')
+        if len(columns) == 1 and batch:
+            # One output: the rows are the tensor's single-line text, but for the array's end,
+            # written (as rapidjson does) once single-line arrays are off again.
+            (texts, is_b64, shape), = columns.values()
+            writer.single_line_arrays = True
+            text = _tensor_text(writer, texts, is_b64, shape)
+            writer.single_line_arrays = False
+            writer.value(text[:-1] + "\n" + INDENT * len(writer.levels) + "]")
+            writer.end()
+            return _raw(writer.text())
         writer.start(True)
-        for _ in range(batch):
+        for row in range(batch):
             if len(columns) > 1:
                 writer.start(False)
             writer.single_line_arrays = True
             for name, (texts, is_b64, shape) in columns.items():
                 if len(columns) > 1:
                     writer.value(json_string(name))
-                offsets[name] = _write_tensor(writer, texts, is_b64, shape, offsets[name], 1)
+                size = math.prod(shape[1:])
+                writer.value(_tensor_text(writer, texts[row * size:(row + 1) * size], is_b64, shape[1:]))
             writer.single_line_arrays = False
             if len(columns) > 1:
                 writer.end()
@@ -1113,7 +1162,7 @@ def predict_response_json(outputs, request_format):
             if len(arrays) > 1:
                 writer.value(json_string(name))
             texts, is_b64 = _output_texts(name, array)
-            _write_tensor(writer, texts, is_b64, array.shape, 0, 0)
+            writer.value(_tensor_text(writer, texts, is_b64, array.shape))
         if len(arrays) > 1:
             writer.end()
         writer.end()

@@ -10,7 +10,7 @@ as `Tensor::AsProtoField` writes them (TF Serving's default) or, with
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from model_server.status import ServingError, invalid_argument
 
@@ -52,6 +52,11 @@ VALUE_FIELDS = {
     types_pb2.DT_COMPLEX128: "dcomplex_val",
 }
 _COMPLEX = {types_pb2.DT_COMPLEX64: np.float32, types_pb2.DT_COMPLEX128: np.float64}
+# Repeated fields whose packed wire form is the values' little-endian bytes (fixed-width floats,
+# and bools, one varint byte each): written by parsing those bytes, with no Python object per value.
+_PACKED_AS_BYTES = {"float_val": np.dtype("<f4"), "scomplex_val": np.dtype("<f4"), "double_val": np.dtype("<f8"),
+                    "dcomplex_val": np.dtype("<f8"), "bool_val": np.dtype(np.uint8)}
+_FIELD_NUMBERS = {name: field.number for name, field in tensor_pb2.TensorProto.DESCRIPTOR.fields_by_name.items()}
 
 
 def dtype_name(dtype):
@@ -167,7 +172,21 @@ def tensor_to_proto(array, proto, as_tensor_content=False):
         flat = flat.view(_COMPLEX[proto.dtype])  # real and imaginary parts, interleaved
     elif field == "int_val":
         flat = flat.astype(np.int32)
+    if field in _PACKED_AS_BYTES:
+        payload = flat.astype(_PACKED_AS_BYTES[field], copy=False).tobytes()
+        proto.MergeFromString(_varint((_FIELD_NUMBERS[field] << 3) | 2) + _varint(len(payload)) + payload)
+        return proto
     values = getattr(proto, field)
     for start in range(0, flat.size, _CHUNK):
         values.extend(flat[start:start + _CHUNK].tolist())
     return proto
+
+
+def _varint(value):
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -2,6 +2,6 @@
 
 import sys
 
-from model_server.server import main
+from model_server.cli import main
 
 sys.exit(main())

@@ -97,7 +97,8 @@ class BatchScheduler:
     """One queue per (model, version, signature, inputs, outputs), served by a shared pool of batch threads.
 
     A version is unloaded only once its queued tasks are done (they hold it), so a reloaded
-    version with the same name and number never shares a queue with its predecessor.
+    version with the same name and number never shares a queue with its predecessor; then
+    `forget` drops its queues and runners, which hold it.
     """
 
     def __init__(self, options, metrics=None):
@@ -147,6 +148,14 @@ class BatchScheduler:
             raise task.error
         return task.outputs
 
+    def forget(self, servable):
+        """Drop the queues and runners of an unloading version, whose queued tasks are all done."""
+        with self._condition:
+            for key in [key for key, runner in self._runners.items() if runner[0] is servable]:
+                if not self._queues.get(key):
+                    self._queues.pop(key, None)
+                    del self._runners[key]
+
     def _ready_batch(self):
         """(key, batch) of the first batch that is full or has waited its timeout, or the wait left."""
         now = time.perf_counter()
@@ -175,6 +184,7 @@ class BatchScheduler:
                         break
                     self._condition.wait(wait)
             self._process(runner, batch)
+            runner = batch = None  # an idle batch thread holds no version, nor its last batch
 
     def _process(self, runner, batch):
         servable, signature_name, output_filter = runner

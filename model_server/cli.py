@@ -1,15 +1,25 @@
-"""tensorflow_model_server's command line: same flag names, defaults and syntax."""
+"""tensorflow_model_server's command line (model_servers/main.cc): same flag names, defaults and syntax.
+
+Flags are parsed, and refused, before TensorFlow is imported: this module and `contract` import
+neither TensorFlow nor the server.
+"""
 
 import argparse
+import logging
+import os
+import sys
 from dataclasses import dataclass
 
+from model_server.contract import DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS, DEFAULT_REST_API_MAX_BODY_BYTES
+
 TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
-# TF Serving accepts gRPC requests of up to 2 GiB; this server, unless --grpc_channel_arguments sets
-# grpc.max_receive_message_length, 64 MiB: one 64 MiB batch of float images already peaks at about
-# 2 GB in the lab's model. A request's tensors may claim as many elements as such a message carries
-# as float32, so a 50-byte request cannot claim more than a 64 MiB one sends.
-DEFAULT_MAX_GRPC_REQUEST_BYTES = 64 << 20
-DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS = DEFAULT_MAX_GRPC_REQUEST_BYTES // 4
+# server.h: both front ends default to 4 threads per schedulable CPU (port::NumSchedulableCPUs).
+SCHEDULABLE_CPUS = len(os.sched_getaffinity(0))
+DEFAULT_REST_API_NUM_THREADS = 4 * SCHEDULABLE_CPUS
+# Not TF Serving's default on a small machine: past its threads gRPC answers RESOURCE_EXHAUSTED, and
+# TF Serving's 4 per CPU (8 on 2 CPUs) would refuse most of the 32 clients notebook 06 batches, each
+# waiting in its batch on a thread. At least 64 here.
+DEFAULT_GRPC_MAX_THREADS = max(4 * SCHEDULABLE_CPUS, 64)
 
 
 @dataclass(frozen=True)
@@ -23,7 +33,12 @@ FLAGS = {
     "port": Flag(int, 8500, "gRPC port"),
     "grpc_socket_path": Flag(str, "", "also serve gRPC on this Unix socket"),
     "grpc_channel_arguments": Flag(str, "", "comma-separated gRPC channel arguments, key=value"),
+    "grpc_max_threads": Flag(int, DEFAULT_GRPC_MAX_THREADS,
+                             "gRPC threads, one of them polling: a request arriving while all the others run "
+                             "is refused RESOURCE_EXHAUSTED (TF Serving's default: 4 x CPUs)"),
     "rest_api_port": Flag(int, 0, "HTTP/REST port; 0 turns REST off"),
+    "rest_api_num_threads": Flag(int, DEFAULT_REST_API_NUM_THREADS,
+                                 "threads running REST requests; more wait their turn (default 4 x CPUs)"),
     "rest_api_timeout_in_ms": Flag(int, 30000, "REST request timeout"),
     "model_name": Flag(str, "default", "name of the model when --model_base_path is used"),
     "model_base_path": Flag(str, "", "directory of a single model's numbered versions"),
@@ -42,14 +57,14 @@ FLAGS = {
                                                                 "fields (float_val, ...)"),
     # Not in TF Serving: this server listens on loopback unless told otherwise.
     "bind_address": Flag(str, "127.0.0.1", "address to listen on (TF Serving's Docker image: 0.0.0.0)"),
-    "rest_api_max_body_bytes": Flag(int, 64 << 20, "largest REST request body accepted"),
+    "rest_api_max_body_bytes": Flag(int, DEFAULT_REST_API_MAX_BODY_BYTES, "largest REST request body accepted"),
     # Not in TF Serving: a 50-byte TensorProto may claim a terabyte-sized shape.
     "max_request_tensor_elements": Flag(int, DEFAULT_MAX_REQUEST_TENSOR_ELEMENTS,
                                         "most elements the input tensors of one request may claim in all"),
 }
 # TF Serving flags this server does not implement: refused, not silently ignored.
 UNSUPPORTED_FLAGS = {
-    "grpc_max_threads", "rest_api_num_threads", "rest_api_enable_cors_support",
+    "rest_api_enable_cors_support",
     "enable_per_model_batching_parameters", "num_load_threads", "num_unload_threads", "max_num_load_retries",
     "load_retry_interval_micros", "flush_filesystem_caches", "tensorflow_session_parallelism",
     "tensorflow_session_config_file", "use_alts_credentials", "ssl_config_file", "platform_config_file",
@@ -110,6 +125,14 @@ def parse_flags(argv):
         raise FlagError("At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
     if not options.model_base_path and not options.model_config_file:
         raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    # TF Serving aborts here: grpc++ cannot reserve the thread that polls, nor TensorFlow start a
+    # thread pool of no threads (thread::ThreadPool checks num_threads >= 1).
+    if options.grpc_max_threads < 1:
+        raise FlagError("No thread quota available to even create the minimum required polling threads "
+                        f"(i.e 1): --grpc_max_threads={options.grpc_max_threads}")
+    if options.rest_api_num_threads < 1:
+        raise FlagError(f"--rest_api_num_threads={options.rest_api_num_threads}: the HTTP/REST API needs at least "
+                        "1 thread")
     if options.batching_parameters_file and not options.enable_batching:
         raise FlagError("server_options.batching_parameters_file is set without setting "
                         "server_options.enable_batching to true.")
@@ -117,6 +140,20 @@ def parse_flags(argv):
 
 
 def usage():
+    """The flags, their defaults and what they do."""
     lines = ["usage: python -m model_server [--flag=value ...]", "Flags (as tensorflow_model_server):"]
     lines += [f"  --{name}={flag.default!r}  {flag.help}" for name, flag in FLAGS.items()]
     return "\n".join(lines)
+
+
+def main(argv=None):
+    """Parse the flags (a refused command line exits 1 with usage), then run the server until stopped."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    try:
+        options = parse_flags(sys.argv[1:] if argv is None else argv)
+    except FlagError as error:
+        print(f"ERROR: {error}\n{usage()}", file=sys.stderr)
+        return 1
+    from model_server.server import run  # imports TensorFlow: only once the command line is good
+    return run(options)

@@ -16,8 +16,6 @@ from prometheus_client.core import Metric
 LATENCY_BUCKETS_MICROS = [float(f"{10 * 1.8 ** i:.6g}") for i in range(33)]
 BATCH_SIZE_BUCKETS = [2 ** i for i in range(14)]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-# Where TF Serving serves its metrics when MonitoringConfig's prometheus_config gives no path.
-DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
 class TfServingCounter:

@@ -1,32 +1,64 @@
-"""Start the model server: load the models, then open the gRPC and REST ports."""
+"""The model server (model_servers/server.cc): load the models, then open the gRPC and REST ports."""
 
 import asyncio
 import logging
 import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import grpc
 from aiohttp import web
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from model_server.batching import THREAD_POOL_NAME, BatchingOptions, BatchScheduler
-from model_server.bundle import SavedModelBundle
-from model_server.cli import FlagError, parse_flags, usage
 from model_server.config import ConfigError, read_model_server_config, read_proto_text_file, single_model_config
-from model_server.core import ServingCore
-from model_server.grpc_api import make_grpc_server
-from model_server.manager import ModelManager
-from model_server.metrics import CONTENT_TYPE, DEFAULT_PROMETHEUS_PATH, ServerMetrics
-from model_server.protos import BatchingParameters, MonitoringConfig
-from model_server.rest import RestApi
+from model_server.contract import DEFAULT_PROMETHEUS_PATH, BatchingParameters, MonitoringConfig, server_options
+from model_server.http_rest_api_handler import HttpRestApiHandler
+from model_server.metrics import CONTENT_TYPE, ServerMetrics
+from model_server.model_service_impl import ModelService
+from model_server.predict_util import Predictor, SignatureRunner
+from model_server.prediction_service_impl import PredictionService
+from model_server.saved_model_bundle import SavedModelBundle
+from model_server.saved_model_warmup import run_warmup
+from model_server.server_core import ServerCore
 from model_server.status import ServingError
-from model_server.warmup import run_warmup
 
 log = logging.getLogger("model_server")
-# Request threads shared by gRPC and REST: enough for every client of a batching benchmark to
-# wait in a batch at once (TF Serving's gRPC server also runs many threads).
-WORKER_THREADS = 64
+
+
+class OneLineDeserializationErrors(logging.Filter):
+    """grpcio answers bytes that do not parse as the request INTERNAL "Exception deserializing request!"
+    (as C++ gRPC, hence TF Serving, answers INTERNAL) and logs a traceback: log one line instead."""
+
+    def filter(self, record):
+        if record.exc_info and record.getMessage().startswith("Exception deserializing"):
+            record.msg, record.args = f"{record.getMessage()} {record.exc_info[1]}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_DESERIALIZATION_ERRORS = OneLineDeserializationErrors()
+
+
+def grpc_running_limit(max_threads):
+    """How many gRPC requests run at once with --grpc_max_threads, as in TF Serving's server.cc, which
+    sets it as grpc++'s ResourceQuota::SetMaxThreads: the sync server's ThreadManager
+    (src/cpp/thread_manager/thread_manager.cc) keeps one of its threads polling, so one fewer requests
+    run, and one arriving while they all run is answered RESOURCE_EXHAUSTED at once, never queued."""
+    return max_threads - 1
+
+
+def make_grpc_server(predictor, reload_config, executor, channel_arguments=(), metrics=None, max_running=None):
+    """PredictionService and ModelService on one grpcio server (not started); past `max_running`
+    requests at once, grpcio answers RESOURCE_EXHAUSTED (its details: "Concurrent RPC limit exceeded!";
+    grpc++'s: "Server Threadpool Exhausted")."""
+    logging.getLogger("grpc._common").addFilter(_DESERIALIZATION_ERRORS)
+    server = grpc.server(executor, options=server_options(channel_arguments), maximum_concurrent_rpcs=max_running)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(predictor, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(predictor.server_core, reload_config),
+                                                              server)
+    return server
 
 
 def parse_channel_arguments(text):
@@ -43,7 +75,7 @@ class StartupError(Exception):
 
 
 class ModelServer:
-    """One running server: the manager, its pollers, the gRPC server and the REST app."""
+    """One running server: the ServerCore, its pollers, the gRPC server and the REST app."""
 
     def __init__(self, options):
         self.options = options
@@ -62,18 +94,24 @@ class ModelServer:
             else:
                 parameters.thread_pool_name.value = THREAD_POOL_NAME
             self.batcher = BatchScheduler(BatchingOptions.from_proto(parameters), self.metrics)
-        self.manager = ModelManager(
+        self.server_core = ServerCore(
             partial(SavedModelBundle, intra_op_threads=options.tensorflow_intra_op_parallelism,
                     inter_op_threads=options.tensorflow_inter_op_parallelism),
             allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
-            on_loaded=self._warm_up, metrics=self.metrics)
-        self.core = ServingCore(self.manager, self.batcher, self.metrics, options.max_request_tensor_elements,
-                                options.enable_serialization_as_tensor_content)
-        self.executor = ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="serving")
+            on_loaded=self._warm_up, metrics=self.metrics,
+            on_unloaded=self.batcher.forget if self.batcher is not None else None)
+        self.predictor = Predictor(self.server_core, SignatureRunner(self.batcher, self.metrics),
+                                   options.max_request_tensor_elements, options.enable_serialization_as_tensor_content)
+        # Each front end its own threads, as in TF Serving: gRPC's bounded by --grpc_max_threads (the
+        # requests past it refused), REST's by --rest_api_num_threads (http_server.cc's RequestExecutor:
+        # the requests past it wait in its queue).
+        self.grpc_max_running = grpc_running_limit(options.grpc_max_threads)
+        self.grpc_executor = ThreadPoolExecutor(max(1, self.grpc_max_running), thread_name_prefix="grpc")
+        self.rest_executor = ThreadPoolExecutor(options.rest_api_num_threads, thread_name_prefix="httprestserver")
 
     def _warm_up(self, servable):
         if self.options.enable_model_warmup:
-            run_warmup(self.core, servable, self.options.num_request_iterations_for_warmup, self.metrics)
+            run_warmup(self.predictor, servable, self.options.num_request_iterations_for_warmup, self.metrics)
 
     async def _prometheus(self, request):
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
@@ -87,7 +125,7 @@ class ModelServer:
 
     def reload_config(self, config):
         """ModelService.HandleReloadConfigRequest and config-file polling."""
-        self.manager.apply_config(config)
+        self.server_core.apply_config(config)
 
     def _poll(self):
         config_every = self.options.model_config_file_poll_wait_seconds
@@ -101,7 +139,7 @@ class ModelServer:
             if config_every > 0 and self.options.model_config_file and elapsed % config_every < tick:
                 self._poll_config_file()
             if files_every > 0 and elapsed % files_every < tick:
-                self.manager.poll_file_system()
+                self.server_core.poll_file_system()
 
     def _poll_config_file(self):
         """TF Serving's PollFilesystemAndReloadConfig: every poll reads the file and reloads it.
@@ -120,8 +158,9 @@ class ModelServer:
 
     async def serve(self):
         options = self.options
-        grpc_server = make_grpc_server(self.core, self.reload_config, self.executor,
-                                       parse_channel_arguments(options.grpc_channel_arguments), self.metrics)
+        grpc_server = make_grpc_server(self.predictor, self.reload_config, self.grpc_executor,
+                                       parse_channel_arguments(options.grpc_channel_arguments), self.metrics,
+                                       self.grpc_max_running)
         try:
             if options.port:  # --port=0 serves gRPC on --grpc_socket_path only, as TF Serving does
                 grpc_server.add_insecure_port(f"{options.bind_address}:{options.port}")
@@ -141,8 +180,8 @@ class ModelServer:
         elif options.rest_api_port:
             prometheus = self.monitoring.prometheus_config
             extra_routes = {prometheus.path or DEFAULT_PROMETHEUS_PATH: self._prometheus} if prometheus.enable else {}
-            api = RestApi(self.core, self.executor, options.rest_api_max_body_bytes, options.rest_api_timeout_in_ms,
-                          extra_routes, self.metrics)
+            api = HttpRestApiHandler(self.predictor, self.rest_executor, options.rest_api_max_body_bytes,
+                                     options.rest_api_timeout_in_ms, extra_routes, self.metrics)
             runner = api.make_runner()
             await runner.setup()
             try:
@@ -166,27 +205,22 @@ class ModelServer:
             await runner.cleanup()
         grpc_server.stop(grace=5).wait()
         poller.join()
-        self.manager.close()
+        self.server_core.close()
         if self.batcher is not None:
             self.batcher.close()
-        self.executor.shutdown()
+        self.grpc_executor.shutdown()
+        self.rest_executor.shutdown()
 
 
-def main(argv=None):
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s", datefmt="%H:%M:%S")
-    try:
-        options = parse_flags(sys.argv[1:] if argv is None else argv)
-    except FlagError as error:
-        print(f"ERROR: {error}\n{usage()}", file=sys.stderr)
-        return 1
+def run(options):
+    """Build the server from parsed flags, load the models and serve until SIGTERM or SIGINT; the exit code."""
     try:
         server = ModelServer(options)
     except (ConfigError, ServingError) as error:
         log.error("%s", error)
         return 1
     try:
-        server.manager.apply_config(server.initial_config())
+        server.server_core.apply_config(server.initial_config())
     except ConfigError as error:
         log.error("%s", error)
         return 1
@@ -202,5 +236,5 @@ def main(argv=None):
 def failed_to_start(server, status):
     """TF Serving's main.cc: the failed start-up status on stdout, then exit code 255 (it returns -1)."""
     print(f"Failed to start server. Error: {status}", flush=True)
-    server.manager.close()
+    server.server_core.close()
     return 255

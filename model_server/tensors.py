@@ -65,6 +65,11 @@ def dtype_name(dtype):
         dtype, tf.dtypes.as_dtype(dtype).name)
 
 
+def shape_text(shape):
+    """TensorShape::DebugString: [2,3]."""
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
 def _parsing_error(alias):
     return invalid_argument(f"tensor parsing error: {alias}")
 

@@ -1,5 +1,8 @@
 """tensorflow_model_server's flag syntax."""
 
+import subprocess
+import sys
+
 import pytest
 
 from model_server.cli import FlagError, parse_flags
@@ -42,3 +45,19 @@ def test_config_file_and_base_path_may_both_be_given_as_the_docker_image_does():
 def test_flag_errors(argv, message):
     with pytest.raises(FlagError, match=message):
         parse_flags(argv)
+
+
+# Runs model_server.cli.main as `python -m model_server` does, then reports whether TensorFlow was imported.
+MAIN_THEN_REPORT_TENSORFLOW = """
+import sys
+from model_server.cli import main
+code = main(sys.argv[1:])
+print("exit", code, "tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("flag", ["--no_such_flag", "--help"])
+def test_a_refused_command_line_is_answered_before_tensorflow_is_imported(flag):
+    result = subprocess.run([sys.executable, "-c", MAIN_THEN_REPORT_TENSORFLOW, flag], capture_output=True,
+                            text=True, timeout=60)
+    assert result.stdout.strip() == "exit 1 tensorflow imported: False"

@@ -1,11 +1,11 @@
-"""json_tensors.decimal_texts, vectorised, against WriteDecimal's rule applied one value at a time."""
+"""fast_paths.write_decimal_texts, vectorised, against WriteDecimal's rule applied one value at a time."""
 
 import math
 
 import numpy as np
 import pytest
 
-from model_server.json_tensors import decimal_texts
+from model_server.rest_json.fast_paths import write_decimal_texts
 
 
 def write_decimal(value, dtype):
@@ -38,4 +38,4 @@ def float64_cases():
 
 @pytest.mark.parametrize("values", [float32_cases(), float64_cases()], ids=["float32", "float64"])
 def test_every_value_is_written_as_write_decimal_writes_it_alone(values):
-    assert decimal_texts(values) == [write_decimal(value, values.dtype.type) for value in values.tolist()]
+    assert write_decimal_texts(values) == [write_decimal(value, values.dtype.type) for value in values.tolist()]

@@ -7,8 +7,8 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from model_server.json_tensors import (_dense_shape_of_numeric_json, _float32_as_rapidjson, fast_float_request,
-                                       predict_request_from_json)
+from model_server.rest_json.fast_paths import dense_shape_of_numeric_json, fast_float_request, float32_as_rapidjson
+from model_server.rest_json.json_tensor import predict_request_from_json
 from model_server.status import ServingError
 
 
@@ -22,7 +22,7 @@ from model_server.status import ServingError
     (b"[[],[]]", [2, 0], False),
 ])
 def test_dense_shape_check(text, shape, dense):
-    assert _dense_shape_of_numeric_json(text, shape) is dense
+    assert dense_shape_of_numeric_json(text, shape) is dense
 
 
 def big(instances, **extra):
@@ -83,8 +83,8 @@ def test_nan_and_infinity_tokens_take_the_exact_path(token, value):
 def test_fast_path_declines_a_double_within_a_few_ulps_of_a_float32_rounding_boundary():
     midpoint = (1.0 + 2.0 ** -24)  # halfway between two float32s: a few ulps of double decide the rounding
     values = np.full([5000, 1], midpoint)
-    assert _float32_as_rapidjson(values) is None
-    assert _float32_as_rapidjson(np.full([5000, 1], 0.1)) is not None
+    assert float32_as_rapidjson(values) is None
+    assert float32_as_rapidjson(np.full([5000, 1], 0.1)) is not None
 
 
 def test_fast_path_only_serves_float32_signatures():

@@ -16,7 +16,7 @@ import requests
 import tensorflow as tf
 from aiohttp import ClientSession, test_utils
 
-from model_server.rest import RestApi
+from model_server.http_rest_api_handler import HttpRestApiHandler
 from server_harness import copy_fixture, running_server
 
 HALF_PLUS_TWO = "saved_model_half_plus_two_2_versions"
@@ -320,13 +320,13 @@ def test_too_large_a_chunked_body_is_answered_in_json(rest):
 
 
 class FailingCore:
-    def acquire(self, model_spec):
+    def servable_handle(self, model_spec):
         raise RuntimeError("the core broke")
 
 
 def test_an_unexpected_exception_is_a_json_500():
     async def request():
-        api = RestApi(FailingCore(), executor=None, max_body_bytes=1 << 20)
+        api = HttpRestApiHandler(FailingCore(), executor=None, max_body_bytes=1 << 20)
         async with test_utils.TestServer(api.make_app()) as server, ClientSession() as session:
             async with session.post(server.make_url("/v1/models/m:predict"), data=b"{}") as response:
                 return response.status, response.content_type, await response.read()

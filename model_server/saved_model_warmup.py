@@ -1,4 +1,4 @@
-"""Replay a version's warmup requests at load time, as TF Serving does (saved_model_warmup.md).
+"""Replay a version's warmup requests at load time (servables/tensorflow/saved_model_warmup.cc).
 
 `<version>/assets.extra/tf_serving_warmup_requests` is a TFRecord file of PredictionLogs.
 Each record runs `num_request_iterations` times on the freshly loaded version, before
@@ -15,32 +15,37 @@ from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import (classification_pb2, inference_pb2, predict_pb2, prediction_log_pb2,
                                      regression_pb2)
 
-from model_server.core import check_multi_inference_tasks
+from model_server.classifier import run_classify
+from model_server.contract import MAX_WARMUP_RECORDS, WARMUP_FILE
+from model_server.multi_inference import check_tasks, multi_inference_on
+from model_server.regressor import run_regress
 from model_server.status import ServingError, invalid_argument
+from model_server.util import run_examples_request
 
 log = logging.getLogger("model_server")
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
-MAX_WARMUP_RECORDS = 1000
 
-
-def _replay(core, servable, prediction_log):
+def _replay(predictor, servable, prediction_log):
+    """One PredictionLog's request, run as a request of its kind runs."""
     kind = prediction_log.WhichOneof("log_type")
+    runner = predictor.runner
     if kind == "predict_log":
-        core.predict_on(servable, prediction_log.predict_log.request, predict_pb2.PredictResponse())
+        predictor.predict_request_on(servable, prediction_log.predict_log.request, predict_pb2.PredictResponse())
     elif kind == "classify_log":
-        core.classify_on(servable, prediction_log.classify_log.request, classification_pb2.ClassificationResponse())
+        run_examples_request(run_classify, runner, servable, prediction_log.classify_log.request,
+                             classification_pb2.ClassificationResponse())
     elif kind == "regress_log":
-        core.regress_on(servable, prediction_log.regress_log.request, regression_pb2.RegressionResponse())
+        run_examples_request(run_regress, runner, servable, prediction_log.regress_log.request,
+                             regression_pb2.RegressionResponse())
     elif kind == "multi_inference_log":
-        check_multi_inference_tasks(prediction_log.multi_inference_log.request)
-        core.multi_inference_on(servable, prediction_log.multi_inference_log.request,
-                                inference_pb2.MultiInferenceResponse())
+        check_tasks(prediction_log.multi_inference_log.request)
+        multi_inference_on(runner, servable, prediction_log.multi_inference_log.request,
+                           inference_pb2.MultiInferenceResponse())
     else:
         raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported log_type for warmup: {kind}")
 
 
-def run_warmup(core, servable, iterations=1, metrics=None):
+def run_warmup(predictor, servable, iterations=1, metrics=None):
     """Replay the warmup file of `servable` (if any); raises ServingError as TF Serving fails the load."""
     warmup_path = Path(servable.path) / WARMUP_FILE
     if not warmup_path.exists():
@@ -56,7 +61,7 @@ def run_warmup(core, servable, iterations=1, metrics=None):
             except DecodeError:
                 raise invalid_argument(f"Failed to parse warmup record: {record!r} from {warmup_path}") from None
             for _ in range(max(iterations, 1)):
-                _replay(core, servable, prediction_log)
+                _replay(predictor, servable, prediction_log)
             records += 1
             if records > MAX_WARMUP_RECORDS:
                 raise invalid_argument(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) "

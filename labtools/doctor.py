@@ -19,8 +19,8 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from labtools.kernel import KERNEL_NAME
 from utils import catalog
 from utils.paths import BUILD_DIR, PROJECT_ROOT
-from utils.processes import PROMETHEUS, lab_processes, port_holder
-from utils.server import docker_engine_answers
+from utils.runtime.model_server_process import TFSERVING_BINARY, docker_engine_answers, tfserving_image
+from utils.runtime.processes import PROMETHEUS, lab_processes, port_holder
 
 MIN_MEMORY_GIB = 4
 MIN_DISK_GIB = 5
@@ -93,11 +93,15 @@ def check_kernel():
     return Check("Jupyter kernel", "ok", KERNEL_NAME)
 
 
-def check_docker():
+def check_tfserving():
+    """Which server notebooks 04-05 run with `backend = "auto"`: TF Serving itself, or the stand-in."""
     if docker_engine_answers():
-        return Check("Docker", "ok", "an engine answers: notebooks 04-05 use the tensorflow/serving image")
-    return Check("Docker", "warn", "no Docker engine: the notebooks use the lab's local server",
-                 "nothing to do (or start Docker to use the real image)")
+        return Check("TF Serving", "ok", f"a Docker engine answers: notebooks 04-05 run {tfserving_image()}")
+    binary = TFSERVING_BINARY.find()
+    if binary is not None:
+        return Check("TF Serving", "ok", f"no Docker engine; notebooks 04-05 run the binary {binary}")
+    return Check("TF Serving", "warn", "no Docker engine, no tensorflow_model_server: notebooks 04-05 run the "
+                 "lab's stand-in", "nothing to do (README: Backends, to run TF Serving itself)")
 
 
 def check_port(port, name):
@@ -145,7 +149,7 @@ def check_bundle():
 
 def all_checks():
     return [check_python(), check_architecture(), check_memory(), check_disk(), check_venv(), check_kernel(),
-            check_docker(), *(check_port(port, name) for port, name in LAB_PORTS.items()), check_prometheus(),
+            check_tfserving(), *(check_port(port, name) for port, name in LAB_PORTS.items()), check_prometheus(),
             check_tfhub(), *(check_cache(name) for name in catalog.CATALOGS), check_bundle()]
 
 

@@ -4,7 +4,9 @@
     python -m labtools notebooks --catalog offline --in-place   # make notebooks: refresh committed outputs
 
 `--catalog` decides what the notebooks' `catalog = "auto"` resolves to: it is resolved once, here, and
-passed to every kernel as LAB_CATALOG, so all notebooks of a run agree. The output is one line per
+passed to every kernel as LAB_CATALOG, so all notebooks of a run agree. `--backend` (docker, binary or
+local) is passed the same way as LAB_BACKEND, which the notebooks' `backend = "auto"` then takes
+(`make notebooks` and `make test` pin `local`); left at `auto`, each notebook probes. The output is one line per
 notebook; TensorFlow's, CUDA's and Jupyter's logs go to build/logs/<notebook>.log. A failing notebook
 is reported with its failing cell and error, the run stops there, and the exit code is 1.
 """
@@ -26,6 +28,7 @@ from labtools.kernel import KERNEL_NAME
 from labtools.report import RUN_SUMMARY, write_report
 from utils.errors import LabError
 from utils.paths import BUILD_DIR, PROJECT_ROOT, project_path
+from utils.runtime.model_server_process import BACKEND_ENV_VAR
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 LOGS_DIR = BUILD_DIR / "logs"
@@ -123,6 +126,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", default="auto", choices=("auto", "tfhub", "offline"),
                         help="what the notebooks' catalog 'auto' resolves to (auto: probe TF Hub once)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "docker", "binary", "local"),
+                        help="what the notebooks' backend 'auto' resolves to (auto: each notebook probes)")
     parser.add_argument("--output-dir", default="build/executed", help="relative to the project root")
     parser.add_argument("--in-place", action="store_true", help="write outputs back into the notebooks")
     parser.add_argument("--only", nargs="*", help="notebook number prefixes, e.g. 01 02")
@@ -133,6 +138,8 @@ def main(argv=None):
     output_dir = project_path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     LOGS_DIR.mkdir(parents=True, exist_ok=True)
+    if args.backend != "auto":
+        os.environ[BACKEND_ENV_VAR] = args.backend
     started = time.perf_counter()
     try:
         catalog = prepare_catalog(args.catalog)

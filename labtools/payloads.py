@@ -1,19 +1,18 @@
 """`python -m labtools payloads`: write payloads/request-body.json, the original lab's REST request body."""
 
 import argparse
-import base64
 import json
 
 from utils.paths import IMAGES_DIR, PAYLOADS_DIR
+from utils.payloads import PREPROCESS_SIGNATURE, b64_body
 
 REQUEST_BODY_PATH = PAYLOADS_DIR / "request-body.json"
 REQUEST_BODY_IMAGE = IMAGES_DIR / "chelsea.jpg"
 
 
-def make_request_body(image_paths, signature_name="serving_preprocess"):
-    """A REST predict body: {"signature_name": ..., "instances": [{"b64": ...}, ...]}."""
-    instances = [{"b64": base64.b64encode(path.read_bytes()).decode("ascii")} for path in image_paths]
-    return {"signature_name": signature_name, "instances": instances}
+def make_request_body(image_paths, signature_name=PREPROCESS_SIGNATURE):
+    """A REST predict body of the images at `image_paths` (see `utils.payloads.b64_body`)."""
+    return b64_body([path.read_bytes() for path in image_paths], signature_name)
 
 
 def main(argv=None):

@@ -1,11 +1,12 @@
 """`python -m labtools stop` (`make stop`): stop every server the lab started (model servers and their
-replicas, Prometheus, haproxy, the Docker service), whichever notebook or kernel started it."""
+replicas, TF Serving's binary, Prometheus, haproxy, TF Serving containers), whichever notebook or kernel
+started it."""
 
 import argparse
-import subprocess
 
-from utils.processes import lab_processes, stop_process
-from utils.server import DOCKER_RECORD, stop_docker_services
+from utils.errors import LabError
+from utils.runtime.model_server_process import stop_lab_containers
+from utils.runtime.processes import lab_processes, stop_process
 
 
 def main(argv=None):
@@ -15,13 +16,14 @@ def main(argv=None):
         stop_process(record)
         print(f"Stopped the {record.describe()}.")
         stopped += 1
-    if DOCKER_RECORD.exists():
-        try:
-            print(f"Stopped the Docker service {stop_docker_services()}.")
-        except (OSError, subprocess.CalledProcessError) as error:
-            print(f"Could not stop the Docker service ({error}): run `docker compose down`.")
-            return 1
-        stopped += 1
+    try:
+        containers = stop_lab_containers()
+    except (OSError, LabError) as error:
+        print(f"Could not remove the lab's TF Serving containers: {error}")
+        return 1
+    for name in containers:
+        print(f"Stopped the TF Serving container {name}.")
+    stopped += len(containers)
     if not stopped:
         print("Nothing the lab started is running.")
     return 0

@@ -29,8 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from utils.processes import CHROMEDRIVER, CHROMIUM
-from utils.server import free_port
+from utils.runtime.processes import CHROMEDRIVER, CHROMIUM, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 BROWSER_BUILD_DIR = PROJECT_ROOT / "build" / "browser"

@@ -9,8 +9,9 @@ import grpc
 import requests
 
 from conftest import TFSERVING_TESTDATA
-from model_server.grpc_api import CHANNEL_OPTIONS
-from utils.server import LocalModelServer, free_port, wait_until_available
+from model_server.contract import CHANNEL_OPTIONS
+from utils.runtime.model_server_process import LocalModelServer, wait_until_available
+from utils.runtime.processes import free_port
 
 
 def label_version(rest_url, model_name, label):

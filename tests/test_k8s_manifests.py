@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import PROJECT_ROOT
-from utils import k8s
+from utils.appendix import k8s
 from utils.errors import LabError
 
 KUSTOMIZATIONS = {"base": k8s.BASE_DIR, "canary": k8s.CANARY_DIR}
@@ -68,18 +68,18 @@ def test_an_unknown_kind_is_reported_not_skipped(inference_service):
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_models_config_parses_as_model_server_config(rendered, name):
-    config = k8s.models_config(k8s.one(rendered[name], "ConfigMap"))
+    config = k8s.read_models_config(k8s.one(rendered[name], "ConfigMap"))
     (model,) = config.model_config_list.config
     assert (model.name, list(model.model_version_policy.specific.versions)) == ("efficientnet_lite", [224, 240])
 
 
 def test_base_labels_stable_old_and_canary_new(rendered):
-    (model,) = k8s.models_config(k8s.one(rendered["base"], "ConfigMap")).model_config_list.config
+    (model,) = k8s.read_models_config(k8s.one(rendered["base"], "ConfigMap")).model_config_list.config
     assert dict(model.version_labels) == {"stable": 224, "canary": 240}
 
 
 def test_canary_overlay_moves_stable_to_the_new_version(rendered):
-    (model,) = k8s.models_config(k8s.one(rendered["canary"], "ConfigMap")).model_config_list.config
+    (model,) = k8s.read_models_config(k8s.one(rendered["canary"], "ConfigMap")).model_config_list.config
     assert dict(model.version_labels) == {"stable": 240, "canary": 224}
 
 

@@ -25,7 +25,8 @@ def test_no_arguments_list_the_commands(capsys):
     assert [command for command in COMMANDS if f"  {command} " not in listing] == []
 
 
-@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "utils").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "utils").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PROJECT_ROOT / "utils")))
 def test_utils_modules_are_not_commands(path):
     tree = ast.parse(path.read_text())
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}

@@ -18,8 +18,8 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 from conftest import PROJECT_ROOT, TFSERVING_TESTDATA
 from server_harness import copy_fixture, run_server_to_exit
 from utils.errors import LabError
-from utils.processes import ManagedProcess, claim_ports, lab_processes, port_holder, wait_for_exit
-from utils.server import LocalModelServer, free_port, model_status, wait_until_available
+from utils.runtime.model_server_process import LocalModelServer, model_status, wait_until_available
+from utils.runtime.processes import ManagedProcess, claim_ports, free_port, lab_processes, port_holder, wait_for_exit
 
 
 def listening_socket():
@@ -40,7 +40,7 @@ def sleeper(port):
     """A lab-managed child that holds `port`, started from another process."""
     return starter_script(f"""
         import sys, time
-        from utils.processes import ManagedProcess
+        from utils.runtime.processes import ManagedProcess
         child = ManagedProcess([sys.executable, "-c",
                                 "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); "
                                 "s.listen(); print('listening', flush=True); time.sleep(600)"],
@@ -115,7 +115,7 @@ def test_a_real_model_server_dies_with_its_killed_kernel(tmp_path):
     grpc_port, rest_port = free_port(), free_port()
     starter = starter_script(f"""
         import time
-        from utils.server import LocalModelServer, wait_until_available
+        from utils.runtime.model_server_process import LocalModelServer, wait_until_available
         server = LocalModelServer(["--port={grpc_port}", "--rest_api_port={rest_port}", "--model_name=hp",
                                    "--model_base_path={base}"], log_path="{tmp_path / 'server.log'}").start()
         wait_until_available("http://127.0.0.1:{rest_port}", "hp", [123], process=server.process)

@@ -12,14 +12,14 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import TFSERVING_TESTDATA
-from model_server.grpc_api import CHANNEL_OPTIONS
+from model_server.contract import CHANNEL_OPTIONS
 from server_harness import copy_fixture
-from utils import k8s
+from utils.appendix import k8s
+from utils.appendix.haproxy import INSTALL_HINT, SERVED_BY, LoadBalancer, haproxy_config, health_check
+from utils.appendix.rehearsal import retarget, write_config_map
 from utils.deploy import models_config, write_config
-from utils.haproxy import INSTALL_HINT, SERVED_BY, LoadBalancer, haproxy_config, health_check
-from utils.processes import HAPROXY, lab_processes
-from utils.rehearsal import retarget, write_config_map
-from utils.server import LocalModelServer, free_port, wait_until_available
+from utils.runtime.model_server_process import LocalModelServer, wait_until_available
+from utils.runtime.processes import HAPROXY, free_port, lab_processes
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -86,7 +86,7 @@ def test_hpa_formula(current, utilizations, expected):
 def test_write_config_map_maps_base_paths_like_the_volume(tmp_path, base):
     config_map = k8s.one(base, "ConfigMap")
     write_config_map(config_map, tmp_path, {"/models": "/lab/models"})
-    written = k8s.models_config({"metadata": {"name": "x"}, "data": {"models.config": (
+    written = k8s.read_models_config({"metadata": {"name": "x"}, "data": {"models.config": (
         tmp_path / "models.config").read_text()}})
     assert written.model_config_list.config[0].base_path == "/lab/models/efficientnet_lite"
     assert (tmp_path / "batching.config").read_text() == config_map["data"]["batching.config"]
@@ -95,7 +95,7 @@ def test_write_config_map_maps_base_paths_like_the_volume(tmp_path, base):
 
 def test_retarget_serves_another_model_with_the_same_labels(base):
     retargeted = retarget(base, "resnet", [50, 101])
-    (model,) = k8s.models_config(k8s.one(retargeted, "ConfigMap")).model_config_list.config
+    (model,) = k8s.read_models_config(k8s.one(retargeted, "ConfigMap")).model_config_list.config
     assert (model.name, model.base_path) == ("resnet", "/models/resnet")
     assert list(model.model_version_policy.specific.versions) == [50, 101]
     assert dict(model.version_labels) == {"stable": 50, "canary": 101}

@@ -10,11 +10,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from model_server.metrics import DEFAULT_PROMETHEUS_PATH
-from model_server.protos import MonitoringConfig
+from model_server.contract import DEFAULT_PROMETHEUS_PATH, MonitoringConfig
 from utils.errors import LabError
 
-CONTAINER_MODELS_DIR = "/models"  # where docker-compose.yaml mounts build/models
+CONTAINER_MODELS_DIR = "/models"  # where the docker backend and docker-compose.yaml mount the models directory
+CONTAINER_CONFIGS_DIR = "/configs"  # ... and the configs directory
 
 
 def exported_versions(models_dir):

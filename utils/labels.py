@@ -1,4 +1,4 @@
-"""ImageNet label names (labels/ImageNetLabels.txt, made by scripts/make_labels.py)."""
+"""ImageNet label names (labels/ImageNetLabels.txt, made by `python -m labtools labels`)."""
 
 from utils.errors import LabError
 from utils.paths import LABELS_PATH
@@ -9,4 +9,4 @@ def load_labels(path=LABELS_PATH):
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise LabError(f"Label file {path} is missing: run `python scripts/make_labels.py`.") from None
+        raise LabError(f"Label file {path} is missing: run `python -m labtools labels`.") from None

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import requests
-import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tqdm import tqdm
 
-from model_server.grpc_api import CHANNEL_OPTIONS
+from model_server.contract import CHANNEL_OPTIONS
+from utils.payloads import predict_request
 
 
 @dataclass
@@ -78,15 +78,7 @@ class GrpcPredictor:
     def __init__(self, target, model_name, signature_name, inputs, version=None, label=None):
         self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.request = predict_pb2.PredictRequest()
-        self.request.model_spec.name = model_name
-        self.request.model_spec.signature_name = signature_name
-        if version is not None:
-            self.request.model_spec.version.value = version
-        if label is not None:
-            self.request.model_spec.version_label = label
-        for key, value in inputs.items():
-            self.request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        self.request = predict_request(model_name, signature_name, inputs, version, label)
 
     def connect(self, timeout=30):
         """Open the connection now, so the first timed request does not pay for it."""

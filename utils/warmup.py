@@ -3,28 +3,20 @@
 from pathlib import Path
 
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 
-from model_server.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE
+from model_server.contract import MAX_WARMUP_RECORDS, WARMUP_FILE
 from utils.errors import LabError
 from utils.images import load_batch, read_image_bytes
-
+from utils.payloads import PREPROCESS_SIGNATURE, predict_request
 
 
 def lab_warmup_requests(model_name, image_paths):
     """One PredictRequest per signature and image: the requests the lab's clients send."""
     requests = []
     for path in image_paths:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = "serving_preprocess"
-        request.inputs["raw_images"].CopyFrom(tf.make_tensor_proto([read_image_bytes(path)]))
-        requests.append(request)
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = "serving_default"
-        request.inputs["x"].CopyFrom(tf.make_tensor_proto(load_batch([path]).numpy()))
-        requests.append(request)
+        requests.append(predict_request(model_name, PREPROCESS_SIGNATURE, {"raw_images": [read_image_bytes(path)]}))
+        requests.append(predict_request(model_name, "serving_default", {"x": load_batch([path]).numpy()}))
     return requests
 
 

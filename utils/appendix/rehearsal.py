@@ -9,7 +9,6 @@
 - `cpu_utilization` measures each replica's CPU as the HPA sees it: a share of the pod's CPU request.
 """
 
-import base64
 import copy
 import threading
 import time
@@ -20,15 +19,16 @@ import grpc
 import numpy as np
 import psutil
 import requests
-import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from model_server.grpc_api import CHANNEL_OPTIONS
+from model_server.contract import CHANNEL_OPTIONS
+from utils.appendix.haproxy import SERVED_BY
+from utils.appendix.k8s import LABEL_METADATA_PATH, MODELS_CONFIG_KEY, host_path, read_models_config
 from utils.errors import LabError
-from utils.haproxy import SERVED_BY
-from utils.k8s import LABEL_METADATA_PATH, MODELS_CONFIG_KEY, host_path, models_config
-from utils.server import LocalModelServer
+from utils.payloads import PREPROCESS_SIGNATURE, b64_body, predict_request
+from utils.runtime.model_server_process import LocalModelServer
+from utils.runtime.waiting import wait_until
 
 
 def retarget(resources, model_name, versions):
@@ -42,7 +42,7 @@ def retarget(resources, model_name, versions):
     for resource in resources:
         resource = copy.deepcopy(resource)
         if resource["kind"] == "ConfigMap" and MODELS_CONFIG_KEY in resource.get("data", {}):
-            config = models_config(resource)
+            config = read_models_config(resource)
             for model in config.model_config_list.config:
                 old_versions = list(model.model_version_policy.specific.versions)
                 position = {v: i for i, v in enumerate(old_versions)}
@@ -78,7 +78,7 @@ def write_config_map(config_map, directory, host_paths):
     directory.mkdir(parents=True, exist_ok=True)
     for key, text in config_map.get("data", {}).items():
         if key == MODELS_CONFIG_KEY:
-            config = models_config(config_map)
+            config = read_models_config(config_map)
             for model in config.model_config_list.config:
                 model.base_path = host_path(model.base_path, host_paths)
             text = text_format.MessageToString(config)
@@ -88,30 +88,18 @@ def write_config_map(config_map, directory, host_paths):
     return directory
 
 
-class Replica:
+class Replica(LocalModelServer):
     """One pod of the Deployment: a local model_server on its own ports with the Deployment's args."""
 
     def __init__(self, name, template, grpc_port, rest_port, host_paths, log_dir):
         self.name = name
         self.grpc_port, self.rest_port = grpc_port, rest_port
-        self.server = LocalModelServer(template.local_args(grpc_port, rest_port, host_paths),
-                                       log_path=Path(log_dir) / f"{name}.log")
-
-    @property
-    def process(self):
-        return self.server.process
-
-    def start(self):
-        self.server.start()
-        return self
+        super().__init__(template.local_args(grpc_port, rest_port, host_paths), log_path=Path(log_dir) / f"{name}.log")
 
     def label_version(self, model_name, label):
         """The version this replica resolves `label` to right now (asked of the replica, not the balancer)."""
         url = f"http://127.0.0.1:{self.rest_port}/v1/models/{model_name}/labels/{label}/metadata"
         return int(requests.get(url, timeout=5).json()["model_spec"]["version"])
-
-    def stop(self):
-        return self.server.stop()
 
 
 @dataclass
@@ -139,15 +127,10 @@ class LabelLoad:
         self.rate, self.max_seconds, self.max_requests = rate, max_seconds, max_requests
         self.references = references
         self.rest_url = f"{rest_url}/v1/models/{model_name}/labels/{label}:predict"
-        self.rest_body = {"signature_name": "serving_preprocess",
-                          "instances": [{"b64": base64.b64encode(jpeg).decode()}]}
+        self.rest_body = b64_body([jpeg])
         self.channel = grpc.insecure_channel(grpc_target, options=CHANNEL_OPTIONS)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.grpc_request = predict_pb2.PredictRequest()
-        self.grpc_request.model_spec.name = model_name
-        self.grpc_request.model_spec.version_label = label
-        self.grpc_request.model_spec.signature_name = "serving_preprocess"
-        self.grpc_request.inputs["raw_images"].CopyFrom(tf.make_tensor_proto([jpeg]))
+        self.grpc_request = predict_request(model_name, PREPROCESS_SIGNATURE, {"raw_images": [jpeg]}, label=label)
         self.session = requests.Session()
         self.threads = [threading.Thread(target=self._run, args=(call,), daemon=True)
                         for call in (self._rest, self._grpc)]
@@ -189,17 +172,23 @@ class LabelLoad:
         return self
 
     def wait_for(self, predicate, timeout=120):
-        """Wait until `predicate(answers)` holds, answers arriving meanwhile; a LabError after `timeout`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until `predicate(answers)` holds, answers arriving meanwhile; returns those answers.
+
+        A LabError after `timeout`, or as soon as the load has reached its bound without them.
+        """
+        seen = []
+
+        def expected_answers():
             with self.lock:
-                answers = list(self.answers)
-            if predicate(answers):
-                return answers
+                seen[:] = self.answers
+            if predicate(seen):
+                return True
             if not any(thread.is_alive() for thread in self.threads):
-                break
-            self.stopped.wait(0.1)  # the next answers
-        raise LabError(f"The expected answers did not come within {timeout} s (or the load reached its bound).")
+                raise LabError("The load reached its bound before the expected answers came.")
+            return False
+
+        wait_until(expected_answers, timeout, "the expected answers coming", interval=0.1)
+        return seen
 
     def between(self, start, end):
         """The answers to requests started in [start, end)."""
@@ -215,19 +204,9 @@ class LabelLoad:
         return self.answers
 
 
-def wait_until(condition, timeout, what):
-    """Poll `condition()` until it holds; a LabError saying `what` did not happen after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)  # the next look
-    raise LabError(f"{what} did not happen within {timeout} s.")
-
-
 def reference_predictions(rest_url, model_name, versions, jpeg):
     """{version: top probabilities} for one image, asked of each version by number."""
-    body = {"signature_name": "serving_preprocess", "instances": [{"b64": base64.b64encode(jpeg).decode()}]}
+    body = b64_body([jpeg])
     references = {}
     for version in versions:
         response = requests.post(f"{rest_url}/v1/models/{model_name}/versions/{version}:predict", json=body,
@@ -249,12 +228,3 @@ def cpu_utilization(replicas, cpu_request, seconds):
     elapsed = time.monotonic() - started
     return {name: 100 * (sum(p.cpu_times()[:2]) - before[name]) / elapsed / cpu_request
             for name, p in processes.items()}
-
-
-def series_by(prometheus_url, promql, label, start, end, step=1.0):
-    """{label value: [(timestamp, value)]} of every series a PromQL range query returns."""
-    response = requests.get(f"{prometheus_url}/api/v1/query_range",
-                            params={"query": promql, "start": start, "end": end, "step": step}, timeout=10)
-    response.raise_for_status()
-    return {series["metric"].get(label, ""): [(float(t), float(v)) for t, v in series["values"]]
-            for series in response.json()["data"]["result"]}

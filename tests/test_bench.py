@@ -1,0 +1,56 @@
+"""`make bench`'s own servers (labtools.bench_servers): started as the bench starts them, each answers what
+it was canned with, and one that exits fails its start at once."""
+
+import json
+import sys
+
+import grpc
+import pytest
+import requests
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from labtools.bench_servers import BenchServer
+from utils.errors import LabError
+from utils.payloads import predict_request
+
+START_TIMEOUT = 120  # the gRPC floor imports TensorFlow, on a shared machine
+
+
+def started(kind, argument, log_dir):
+    return BenchServer(kind, sys.executable, [argument], log_dir).start(START_TIMEOUT)
+
+
+def test_rest_floor_answers_every_request_with_its_canned_body(tmp_path):
+    body = json.dumps({"predictions": [2.5, 3.0]}).encode()
+    (tmp_path / "response.json").write_bytes(body)
+    server = started("floor-rest", tmp_path / "response.json", tmp_path)
+    try:
+        answer = requests.post(f"{server.url}/v1/models/half_plus_two:predict", json={"instances": [1.0, 2.0]},
+                               timeout=10)
+    finally:
+        server.stop()
+    assert answer.content == body
+
+
+def test_grpc_floor_answers_every_predict_with_its_canned_response(tmp_path):
+    canned = predict_pb2.PredictResponse()
+    canned.model_spec.name = "half_plus_two"
+    canned.outputs["y"].float_val.extend([2.5, 3.0])
+    (tmp_path / "response.pb").write_bytes(canned.SerializeToString())
+    server = started("floor-grpc", tmp_path / "response.pb", tmp_path)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            answer = stub.Predict(predict_request("half_plus_two", "serving_default", {"x": [1.0, 2.0]}), timeout=10)
+    finally:
+        server.stop()
+    assert answer == canned
+
+
+def test_a_bench_server_that_exits_fails_its_start_naming_its_log(tmp_path):
+    server = BenchServer("floor-rest", sys.executable, [tmp_path / "missing.json"], tmp_path)
+    try:
+        with pytest.raises(LabError, match="floor-rest.log"):
+            server.start(START_TIMEOUT)
+    finally:
+        server.stop()

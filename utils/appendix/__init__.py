@@ -1,0 +1,6 @@
+"""What only the appendix (notebook 07, scaling out) uses.
+
+- `k8s`: the Kubernetes manifests of deploy/: render, validate, cross-check, read;
+- `haproxy`: haproxy in front of local replicas, as a Service with an L7 proxy;
+- `rehearsal`: the Deployment rehearsed on loopback: replicas, their ConfigMap, load, CPU.
+"""

@@ -1,16 +1,19 @@
 """The offline bundle: checksums verified before use, wheels installed with the index disabled."""
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from labtools import bundle
 
 
-@pytest.fixture
-def toy_bundle(tmp_path):
-    """A bundle with one wheel built here (no network), a model cache and its manifest."""
+@pytest.fixture(scope="session")
+def built_toy_bundle(tmp_path_factory):
+    """A bundle with one wheel built here (no network), a model cache and its manifest: built once per session."""
+    tmp_path = tmp_path_factory.mktemp("toy_bundle")
     package = tmp_path / "src"
     (package / "labtoy").mkdir(parents=True)
     (package / "labtoy" / "__init__.py").write_text("ANSWER = 42\n")
@@ -24,6 +27,12 @@ def toy_bundle(tmp_path):
     (root / "cache" / "offline" / "model" / "saved_model.pb").write_bytes(b"\x08\x01")
     bundle.write_manifest(root)
     return root
+
+
+@pytest.fixture
+def toy_bundle(built_toy_bundle, tmp_path):
+    """A fresh copy of the toy bundle for each test, which may tamper with it."""
+    return Path(shutil.copytree(built_toy_bundle, tmp_path / "bundle"))
 
 
 def test_a_complete_bundle_verifies(toy_bundle):

@@ -6,7 +6,7 @@ import pytest
 
 from labtools import doctor
 from utils import catalog
-from utils.processes import Program
+from utils.runtime.processes import Program
 
 
 def test_a_busy_port_names_its_holder_and_the_fix():
@@ -55,6 +55,24 @@ def test_only_warnings_still_pass(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "all_checks", lambda: [doctor.Check("Docker", "warn", "no engine", "nothing")])
     assert doctor.main([]) == 0
     assert capsys.readouterr().out.endswith("The lab will run on this machine.\n")
+
+
+def test_the_real_checks_run_and_each_one_that_is_not_ok_names_its_fix(monkeypatch, capsys):
+    """doctor.all_checks() as `make doctor` runs it, on this machine (TF Hub probed on a closed loopback port)."""
+    monkeypatch.delenv(catalog.TFHUB_MIRROR_ENV, raising=False)
+    monkeypatch.setattr(catalog, "TFHUB_PROBE_URL", "http://127.0.0.1:9/")
+    checks = doctor.all_checks()
+    names = [check.name for check in checks]
+    assert len(names) == len(set(names)), names
+    assert {"TF Hub", "bundle", *(f"{name} models" for name in catalog.CATALOGS)} <= set(names)
+    assert {check.status for check in checks} <= {"ok", "warn", "FAIL"}
+    assert [check.name for check in checks if check.status != "ok" and not check.fix] == []
+    monkeypatch.setattr(doctor, "all_checks", lambda: checks)
+    failed = [check for check in checks if check.status == "FAIL"]
+    assert doctor.main([]) == (1 if failed else 0)
+    out = capsys.readouterr().out
+    assert out.startswith(doctor.table(checks) + "\n")
+    assert all(f"  -> {check.fix}" in out for check in checks if check.status != "ok")
 
 
 @pytest.mark.parametrize("mirror_exists", [True, False])

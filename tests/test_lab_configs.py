@@ -6,8 +6,12 @@ directories. Configs after the first arrive as the lab sends them: written to th
 (so the test need not wait for the poll) through HandleReloadConfigRequest.
 """
 
+import ast
 import shutil
+import types
 
+import grpc
+import nbformat
 import pytest
 import yaml
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
@@ -16,23 +20,78 @@ from conftest import PROJECT_ROOT, TFSERVING_TESTDATA
 from server_harness import copy_fixture, label_version, running_server
 from test_server_fixtures import CONFIG as FIXTURES_CONFIG
 from utils.deploy import models_config, monitoring_config, write_config
-from utils.server import wait_until_available
+from utils.runtime.model_server_process import wait_until_available
 
 # The Dockerfile's entrypoint: tensorflow_model_server --port=8500 --rest_api_port=8501
 # --model_name=${MODEL_NAME} --model_base_path=${MODEL_BASE_PATH}/${MODEL_NAME} "$@" (ports: the harness's).
 ENTRYPOINT_FLAGS = ["--model_name=model", "--model_base_path=/models/model"]
 OLD, NEW = 123, 124  # the versions of saved_model_half_plus_two_2_versions
 
-# (versions, labels) of each config, in the order the lab sends them.
-LAB_CONFIGS = {
-    "notebook_04": [([OLD, NEW], {"stable": OLD, "canary": NEW})],
-    "notebook_04_two_step": [([OLD, NEW], {}), ([OLD, NEW], {"stable": OLD, "canary": NEW})],
-    "notebook_06_start_server": [([OLD, NEW], {"stable": OLD})],
-    "notebook_06_canary": [([OLD], {"stable": OLD}), ([OLD, NEW], {"stable": OLD, "canary": NEW}),
-                           ([OLD, NEW], {"stable": NEW, "canary": OLD})],
-    "labtools_bench": [([OLD], {})],
+# The configs the lab writes are read from its code (notebooks and labtools), below; this one is the tests' own.
+TEST_CONFIGS = {
     "test_server_errors": [([OLD, NEW], {"stable": OLD})],
 }
+# What the lab's names mean here: every exported version, and the objects labtools passes around.
+LAB_NAMES = {"versions": [OLD, NEW], "version": OLD, "bench": types.SimpleNamespace(version=OLD)}
+SAFE_BUILTINS = {"max": max, "min": min, "len": len, "sorted": sorted, "list": list, "dict": dict}
+
+
+def lab_sources():
+    """{name: [code, ...]} for every notebook and labtools module that builds a models.config."""
+    sources = {}
+    for path in sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        sources[f"notebook_{path.stem}"] = ["\n".join(line for line in cell.splitlines()
+                                                       if not line.lstrip().startswith(("%", "!")))
+                                             for cell in cells]
+    for path in sorted((PROJECT_ROOT / "labtools").glob("*.py")):
+        sources[f"labtools_{path.stem}"] = [path.read_text()]
+    return {name: code for name, code in sources.items() if any("models_config(" in c for c in code)}
+
+
+def models_configs_in(code):
+    """[(versions, labels)] of each `models_config(name, base_path, versions[, labels])` call, in code order.
+
+    Each argument is evaluated with the values the code assigned before it (simple assignments the
+    evaluation can follow), starting from LAB_NAMES; a call it cannot evaluate fails, naming its line.
+    """
+    names, configs = dict(LAB_NAMES), []
+
+    def evaluate(node):
+        return eval(compile(ast.Expression(node), "<lab code>", "eval"), {"__builtins__": SAFE_BUILTINS}, names)
+
+    for source in code:
+        tree = ast.parse(source)
+        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.Call))]
+        for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
+            if isinstance(node, ast.Assign):
+                try:
+                    value = evaluate(node.value)
+                except Exception:  # an assignment this evaluation cannot follow; calls that need it fail below
+                    continue
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        names[target.id] = value
+                    elif isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts):
+                        names.update(zip((e.id for e in target.elts), value))
+            elif isinstance(node.func, ast.Name) and node.func.id == "models_config" and len(node.args) >= 3:
+                labels = node.args[3] if len(node.args) > 3 else next(
+                    (k.value for k in node.keywords if k.arg == "labels"), None)
+                try:
+                    configs.append((list(evaluate(node.args[2])), dict(evaluate(labels)) if labels else {}))
+                except Exception as error:
+                    raise AssertionError(f"cannot evaluate `{ast.unparse(node)}` ({error!r}): teach LAB_NAMES "
+                                         "what its names mean") from None
+    return configs
+
+
+LAB_CONFIGS = {name: configs for name, code in lab_sources().items() if (configs := models_configs_in(code))}
+
+
+def refused_on_reload(labels, served_labels, served_versions):
+    """TF Serving's rule (server_core.cc, with --allow_version_labels_for_unavailable_models): a new label may
+    name a version that is not available yet; moving a label already in use to such a version is refused."""
+    return any(label in served_labels and version not in served_versions for label, version in labels.items())
 
 
 def compose_serving_flags(mounts):
@@ -68,8 +127,24 @@ def test_compose_flags_are_the_lab_flags_for_labels_at_start_up(lab_dirs):
     assert f"--model_config_file={lab_dirs[1]}/models.config" in flags
 
 
-@pytest.mark.parametrize("steps", LAB_CONFIGS.values(), ids=LAB_CONFIGS.keys())
+def test_the_lab_configs_are_read_from_the_notebooks_and_bench():
+    assert {"notebook_04_deploy", "notebook_06_production", "labtools_bench"} <= set(LAB_CONFIGS)
+    assert all(LAB_CONFIGS.values()), LAB_CONFIGS
+    # notebook 04 labels both versions at start-up; notebook 06 moves `stable` by a canary; the bench serves one
+    assert LAB_CONFIGS["notebook_04_deploy"][0] == ([OLD, NEW], {"stable": OLD, "canary": NEW})
+    assert ([OLD, NEW], {"stable": NEW, "canary": OLD}) in LAB_CONFIGS["notebook_06_production"]
+    assert LAB_CONFIGS["labtools_bench"] == [([OLD], {})]
+
+
+@pytest.mark.parametrize("steps", [*LAB_CONFIGS.values(), *TEST_CONFIGS.values()],
+                         ids=[*LAB_CONFIGS, *TEST_CONFIGS])
 def test_lab_config_is_accepted_with_the_compose_flags(tmp_path, lab_dirs, steps):
+    """The first config at start-up, then each later one in the code's order, as a reload.
+
+    Every label naming a served version resolves to it. A config that moves a label in use to a version
+    not loaded is one the lab shows being refused (notebooks 04 and 06): its reload fails with
+    FAILED_PRECONDITION and changes nothing.
+    """
     models, configs = lab_dirs
     base = models / "hp"
     shutil.copytree(TFSERVING_TESTDATA / "saved_model_half_plus_two_2_versions", base)
@@ -77,14 +152,27 @@ def test_lab_config_is_accepted_with_the_compose_flags(tmp_path, lab_dirs, steps
     (versions, labels), *later = steps
     write_config(models_config("hp", base, versions, labels), config_file)
     flags = compose_serving_flags({"/models": models, "/configs": configs})
+
+    def resolved(labels, versions):
+        return {label: label_version(rest, "hp", label) for label, v in labels.items() if v in versions}
+
     with running_server(tmp_path, flags, wait_for=[("hp", versions)]) as (_, rest, channel):
-        assert {label: label_version(rest, "hp", label) for label in labels} == labels
+        assert resolved(labels, versions) == {label: v for label, v in labels.items() if v in versions}
+        served_versions, served_labels = versions, labels
         for versions, labels in later:
             config = models_config("hp", base, versions, labels)
+            if refused_on_reload(labels, served_labels, served_versions):
+                with pytest.raises(grpc.RpcError) as refused:
+                    reload(channel, config)
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                assert resolved(served_labels, served_versions) == {
+                    label: v for label, v in served_labels.items() if v in served_versions}
+                continue
             write_config(config, config_file)
             assert reload(channel, config) == 0
             wait_until_available(rest, "hp", versions, timeout=30)
-            assert {label: label_version(rest, "hp", label) for label in labels} == labels
+            assert resolved(labels, versions) == {label: v for label, v in labels.items() if v in versions}
+            served_versions, served_labels = versions, labels
 
 
 def test_test_server_fixtures_config_is_accepted_with_the_compose_flags(tmp_path, lab_dirs):

@@ -7,7 +7,7 @@ import base64
 import pytest
 import tensorflow as tf
 
-from conftest import REFERENCE_DIR
+from conftest import REFERENCE_DIR, shared_reference
 from labtools.labels import imagenet_labels
 from labtools.payloads import REQUEST_BODY_IMAGE, REQUEST_BODY_PATH, make_request_body
 from utils.errors import LabError
@@ -22,7 +22,11 @@ def test_label_file_is_byte_identical_to_tensorflows():
     data = LABELS_PATH.read_bytes()
     assert hashlib.sha256(data).hexdigest() == TF_LABELS_SHA256
     assert b"\r" not in data
-    assert data == (REFERENCE_DIR / "ImageNetLabels.txt").read_bytes()
+
+
+def test_label_file_equals_the_reference_copy():
+    """Optional cross-check: the reference copy beside the project's own checkouts (the hash above is the rule)."""
+    assert LABELS_PATH.read_bytes() == shared_reference(REFERENCE_DIR / "ImageNetLabels.txt").read_bytes()
 
 
 def test_label_script_regenerates_the_committed_file():

@@ -14,7 +14,7 @@ from conftest import TFSERVING_TESTDATA
 from model_server.config import uri_is_relative_path
 from server_harness import copy_fixture, label_version, run_server_to_exit, running_server
 from utils.deploy import models_config, write_config
-from utils.server import wait_until_available
+from utils.runtime.model_server_process import wait_until_available
 
 PREDICT = {"instances": [[1.0]]}
 

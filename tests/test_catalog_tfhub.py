@@ -7,9 +7,11 @@ workshop mirror (LAB_TFHUB_MIRROR), the TF Hub handle (the model's source) and t
 
 import hashlib
 import io
+import os
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,6 +79,13 @@ def serve_truncated(body):
     return reply
 
 
+def say_nothing(seconds):
+    """Accept the request, then send nothing for `seconds` (a source that hangs)."""
+    def reply(handler):
+        handler.server.hang_over.wait(seconds)
+    return reply
+
+
 def redirect(location):
     def reply(handler):
         handler.send_response(302)
@@ -106,6 +115,7 @@ class Loopback:
                 """Quiet: the test reads `requests` instead."""
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.hang_over = threading.Event()  # set on exit: a hanging reply ends with the server
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -114,6 +124,7 @@ class Loopback:
         return self
 
     def __exit__(self, *exc_info):
+        self.server.hang_over.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join()
@@ -236,3 +247,42 @@ def test_a_local_mirror_without_the_model_is_named_in_the_error(loopback, loopba
     with pytest.raises(LabError, match=rf"the workshop mirror \({missing}\) answered .*No such file or directory"):
         catalog.prepare_model(loopback_model, cache=tmp_path / "cache")
     assert tfhub_cache_entries(tmp_path / "cache") == []
+
+
+def test_a_source_that_says_nothing_times_out_and_the_next_one_is_tried(
+        loopback, loopback_model, classifier_tarball, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "DOWNLOAD_TIMEOUT_SECONDS", 1)
+    loopback.routes[MIRROR] = say_nothing(10)
+    loopback.routes[HANDLE] = serve(classifier_tarball)
+    catalog.prepare_model(loopback_model, cache=tmp_path)
+    assert tfhub_cache_entries(tmp_path) == [sha1(loopback_model.source)]
+
+
+def test_sources_that_all_say_nothing_are_one_sentence_naming_the_timeout(
+        loopback, loopback_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "DOWNLOAD_TIMEOUT_SECONDS", 1)
+    for path in (MIRROR, HANDLE, BUCKET):
+        loopback.routes[path] = say_nothing(10)
+    with pytest.raises(LabError) as raised:
+        catalog.prepare_model(loopback_model, cache=tmp_path)
+    assert raised.match(rf"^Could not download ResNet v2 50: the workshop mirror \(\S+\) answered nothing for 1 s; "
+                        rf"TF Hub \(\S+\) answered nothing for 1 s; the original lab's bucket \(\S+\) answered "
+                        r"nothing for 1 s; with no internet, ")
+    assert tfhub_cache_entries(tmp_path) == []
+
+
+def test_a_download_killed_midway_leaves_staging_that_the_next_download_removes(
+        loopback, loopback_model, classifier_tarball, tmp_path):
+    cache = tmp_path / "tfhub"
+    dead = max_pid() + 1  # no process has this pid
+    stale = cache / f"{catalog.STAGING_PREFIX}{dead}-abc123"
+    live = cache / f"{catalog.STAGING_PREFIX}{os.getppid()}-def456"  # a download still under way
+    for staging in (stale, live):
+        (staging / "partial").mkdir(parents=True)
+    loopback.routes[MIRROR] = serve(classifier_tarball)
+    catalog.prepare_model(loopback_model, cache=tmp_path)
+    assert tfhub_cache_entries(tmp_path) == sorted([live.name, sha1(loopback_model.source)])
+
+
+def max_pid():
+    return int(Path("/proc/sys/kernel/pid_max").read_text())

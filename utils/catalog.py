@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -141,6 +142,8 @@ TFHUB_BUCKET_URL = "https://storage.googleapis.com/tfhub-modules/{path}.tar.gz" 
 CLASSIFIER_INPUT_SHAPE = (2, 224, 224, 3)
 CLASSIFIER_OUTPUT_SHAPE = (2, 1001)
 DOWNLOAD_ERRORS = (OSError, EOFError, ValueError, HTTPException, tf.errors.OpError)
+DOWNLOAD_TIMEOUT_SECONDS = 30  # to connect, and between any two reads of a download
+STAGING_PREFIX = ".download-"  # then the downloading process's pid: `.download-<pid>-<random>`
 
 
 class LocalTarballResolver(compressed_module_resolver.GcsCompressedFileResolver):
@@ -155,7 +158,20 @@ class LocalTarballResolver(compressed_module_resolver.GcsCompressedFileResolver)
         return os.path.isabs(handle) and handle.endswith(".tar.gz")
 
 
-registry.resolver.add_implementation(LocalTarballResolver())  # tried before tensorflow_hub's own
+class TimedHttpResolver(compressed_module_resolver.HttpCompressedFileResolver):
+    """tensorflow_hub's HTTP(S) tarball resolver, with a timeout on connecting and on every read.
+
+    Its own `urlopen` has none: a source that accepts the connection and then says nothing would hang
+    a kernel for good.
+    """
+
+    def _call_urlopen(self, request):
+        return urllib.request.urlopen(request, context=self._context, timeout=DOWNLOAD_TIMEOUT_SECONDS)
+
+
+# Both tried before tensorflow_hub's own resolvers (the last one added is asked first).
+registry.resolver.add_implementation(TimedHttpResolver())
+registry.resolver.add_implementation(LocalTarballResolver())
 
 
 def tfhub_sources(model):
@@ -213,8 +229,18 @@ def _answer(error):
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
     if isinstance(error, urllib.error.URLError):
-        return str(error.reason)
+        error = error.reason
+    if isinstance(error, TimeoutError):
+        return f"nothing for {DOWNLOAD_TIMEOUT_SECONDS} s"
     return str(error) or type(error).__name__
+
+
+def _remove_stale_staging(tfhub_cache):
+    """Remove the staging directories of downloads whose process is gone (a kernel killed mid-download)."""
+    for staging in tfhub_cache.glob(f"{STAGING_PREFIX}*"):
+        pid = staging.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _prepare_tfhub(model, tfhub_cache):
@@ -223,12 +249,14 @@ def _prepare_tfhub(model, tfhub_cache):
     It lies where tensorflow_hub caches the model's tfhub.dev handle, whichever source it came from,
     and TFHUB_CACHE_DIR is left pointing at `tfhub_cache`: ``hub.load(model.source)`` then finds it
     without downloading again. Downloads go to a staging directory first, so nothing reaches the
-    cache before it is verified, and a failed download leaves nothing behind.
+    cache before it is verified, and a failed download leaves nothing behind; the staging directory of
+    a download whose process died (a killed kernel) is removed by the next one.
     """
     target = _tfhub_module_dir(tfhub_cache, model.source)
     if not is_prepared(model, tfhub_cache.parent):
         tfhub_cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=tfhub_cache))
+        _remove_stale_staging(tfhub_cache)
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=tfhub_cache))
         try:
             _move_into_cache(_download_verified(model, staging), target)
         finally:

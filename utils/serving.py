@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from utils.images import IMAGE_SIZE, preprocess_image
+from utils.images import IMAGE_SIZE, MAX_BATCH_IMAGES, preprocess_image
 
 
 class ServingModule(tf.Module):
@@ -31,11 +31,16 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def predict_labels(self, raw_images):
         """serving_preprocess: encoded JPEG/PNG bytes -> top-k labels and probabilities."""
-        images = tf.map_fn(
-            preprocess_image,
-            raw_images,
-            fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+        batch_limit = tf.debugging.Assert(
+            tf.size(raw_images) <= MAX_BATCH_IMAGES,
+            [f"A request may carry at most {MAX_BATCH_IMAGES} images: split the batch."],
         )
+        with tf.control_dependencies([batch_limit]):
+            images = tf.map_fn(  # preprocess_image refuses an image too large before decoding it
+                preprocess_image,
+                raw_images,
+                fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
+            )
         probabilities = tf.nn.softmax(self.model(images))
         top = tf.math.top_k(probabilities, k=self.top_k)
         return {"labels": tf.gather(self.labels, top.indices), "probabilities": top.values}

@@ -134,7 +134,8 @@ def running_server(bench, *flags):
     write_config(config, config_path)
     grpc_port, rest_port = free_port(), free_port()
     rest_url = f"http://127.0.0.1:{rest_port}"
-    with LocalModelServer([f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+    # Up to 32 clients wait in a batch at once, each on a gRPC thread: more than the default 4 per CPU.
+    with LocalModelServer([f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--grpc_max_threads=64",
                            f"--model_config_file={config_path}", *flags],
                           log_path=BENCH_DIR / "model_server.log") as server:
         for model_name, version in ((bench.model_name, bench.version), (HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION)):

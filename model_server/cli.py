@@ -16,10 +16,10 @@ TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 # server.h: both front ends default to 4 threads per schedulable CPU (port::NumSchedulableCPUs).
 SCHEDULABLE_CPUS = len(os.sched_getaffinity(0))
 DEFAULT_REST_API_NUM_THREADS = 4 * SCHEDULABLE_CPUS
-# Not TF Serving's default on a small machine: past its threads gRPC answers RESOURCE_EXHAUSTED, and
-# TF Serving's 4 per CPU (8 on 2 CPUs) would refuse most of the 32 clients notebook 06 batches, each
-# waiting in its batch on a thread. At least 64 here.
-DEFAULT_GRPC_MAX_THREADS = max(4 * SCHEDULABLE_CPUS, 64)
+# Past its threads gRPC answers RESOURCE_EXHAUSTED: 8 threads on 2 CPUs run 7 requests at once, so a
+# load of more concurrent clients (notebook 06's batching, make bench) passes a larger value, as it
+# must to TF Serving itself.
+DEFAULT_GRPC_MAX_THREADS = 4 * SCHEDULABLE_CPUS
 
 
 @dataclass(frozen=True)

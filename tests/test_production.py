@@ -298,7 +298,8 @@ def test_server_batches_rest_and_grpc_together_with_equal_results(tmp_path):
     params.write_text("max_batch_size { value: 16 } batch_timeout_micros { value: 60000000 } "
                       "num_batch_threads { value: 1 } max_enqueued_batches { value: 100 }")
     flags = ["--model_name=hp", f"--model_base_path={base}", "--enable_batching",
-             f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring_config(tmp_path)}"]
+             f"--batching_parameters_file={params}", f"--monitoring_config_file={monitoring_config(tmp_path)}",
+             "--grpc_max_threads=64"]  # 8 gRPC requests wait in a batch at once: more than 4 per CPU runs
     with running_server(tmp_path, flags, wait_for=[("hp", [123])]) as (_, rest, channel):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         values = [[float(i), float(i) + 0.5] for i in range(16)]

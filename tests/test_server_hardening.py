@@ -42,9 +42,9 @@ num_batch_threads { value: 1 }
 def test_thread_flags_default_as_tf_serving_and_show_in_usage():
     options = parse_flags(["--model_base_path=/m"])
     assert options.rest_api_num_threads == 4 * CPUS, "server.h: http_num_threads = 4 x NumSchedulableCPUs"
-    assert options.grpc_max_threads == max(4 * CPUS, 64), "4 x CPUs as TF Serving, but at least 64"
+    assert options.grpc_max_threads == 4 * CPUS, "4 x CPUs, as TF Serving"
     assert f"--rest_api_num_threads={4 * CPUS} " in usage()
-    assert f"--grpc_max_threads={max(4 * CPUS, 64)} " in usage()
+    assert f"--grpc_max_threads={4 * CPUS} " in usage()
 
 
 @pytest.mark.parametrize("flag, message", [

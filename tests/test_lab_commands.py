@@ -163,6 +163,20 @@ def test_missing_exports_name_the_notebook_and_the_catch_up(tmp_path):
         exported_versions(tmp_path)
 
 
+def test_models_of_both_catalogs_are_one_sentence_naming_them_and_the_fix(tmp_path):
+    from utils.deploy import exported_versions
+    from utils.errors import LabError
+
+    for name, version in (("efficientnet_lite", 224), ("resnet", 50)):
+        (tmp_path / name / str(version)).mkdir(parents=True)
+        (tmp_path / name / str(version) / "saved_model.pb").touch()
+    with pytest.raises(LabError, match=rf"^{tmp_path} holds efficientnet_lite \(catalog 'offline'\) and resnet "
+                                       r"\(catalog 'tfhub'\), exported in sessions whose catalog differed, and the "
+                                       r"serving notebooks serve one model: delete the folder of the one you do not "
+                                       rf"want, e\.g\. `rm -r {tmp_path}/efficientnet_lite`\.$"):
+        exported_versions(tmp_path)
+
+
 def test_a_missing_config_names_the_notebook_that_writes_it(tmp_path):
     from utils.deploy import require_file
     from utils.errors import LabError

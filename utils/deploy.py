@@ -18,7 +18,8 @@ CONTAINER_CONFIGS_DIR = "/configs"  # ... and the configs directory
 
 
 def exported_versions(models_dir):
-    """{model name: sorted versions} of the SavedModels notebook 03 exported."""
+    """{model name: sorted versions} of the SavedModels notebook 03 exported: one model, whose versions
+    notebooks 04-07 serve (a LabError when `models_dir` holds models of both catalogs)."""
     models_dir = Path(models_dir)
     found = {}
     for model_dir in sorted(models_dir.iterdir()) if models_dir.is_dir() else []:
@@ -27,6 +28,14 @@ def exported_versions(models_dir):
             found[model_dir.name] = versions
     if not found:
         raise LabError(f"No exported models under {models_dir}: {catch_up_hint('03_export_savedmodel')}")
+    if len(found) > 1:
+        from utils.catalog import CATALOGS  # imports TensorFlow: only for this message
+
+        catalog_of = {model.model_name: catalog for catalog, models in CATALOGS.items() for model in models}
+        names = " and ".join(f"{name} (catalog '{catalog_of.get(name, 'unknown')}')" for name in found)
+        raise LabError(f"{models_dir} holds {names}, exported in sessions whose catalog differed, and the "
+                       f"serving notebooks serve one model: delete the folder of the one you do not want, "
+                       f"e.g. `rm -r {models_dir / next(iter(found))}`.")
     return found
 
 

@@ -1,12 +1,11 @@
 """The lab's own model, served, refuses decompression bombs before decoding them (notebook 02's limits).
 
-The bombs are PNGs built here in a few lines, an IHDR chunk and a zlib stream of zero rows: under a
+The bombs are PNGs built in a few lines (`utils.images.png_of_zeros`, shown in notebook 02): under a
 megabyte each, they claim 12000x12000 or 20000x20000 pixels (1.6 or 4.5 GiB as float32). The test never
 decodes them; the server must not either.
 """
 
 import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,25 +13,13 @@ import pytest
 import requests
 
 from server_harness import running_server
-from utils.images import MAX_BATCH_IMAGES, MAX_IMAGE_SIDE
+from utils.images import MAX_BATCH_IMAGES, MAX_IMAGE_SIDE, png_of_zeros
 from utils.paths import IMAGES_DIR
 from utils.payloads import b64_body
 
 MODEL_NAME = "efficientnet_lite"
 PEAK_RSS_LIMIT_KIB = 3 << 20  # 3 GiB: what a learner's laptop can spare
 LIMIT_MESSAGE = f"over the limit of {MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}"
-
-
-def png_of_zeros(side):
-    """A PNG claiming side x side black RGB pixels."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    compressor = zlib.compressobj(9)
-    row = bytes(1 + 3 * side)  # a filter byte, then RGB
-    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Sample images: listing, loading, the lab's preprocessing, and a labelled grid."""
 
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -49,6 +51,20 @@ def image_size(image_bytes):
 
     with tf.control_dependencies([known]):
         return tf.cond(is_png, png_size, lambda: tf.image.extract_jpeg_shape(image_bytes)[:2])
+
+
+def png_of_zeros(side):
+    """A PNG claiming side x side black RGB pixels: IHDR, then a zlib stream of zero rows."""
+
+    def chunk(kind, data):
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + 3 * side)  # a filter byte, then RGB
+    pixels = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return PNG_HEADER[:8] + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def check_image_size(image_bytes):

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CATALOG ?= auto
 
-.PHONY: setup models lab test test-fast test-backends notebooks jupyter bench stop clean catch-up learner doctor bundle mirror
+.PHONY: setup models lab test test-fast soak test-backends notebooks jupyter bench stop clean catch-up learner doctor bundle mirror
 
 # BUNDLE=<dir> installs from an offline bundle (make bundle) instead of the network.
 $(STAMP): requirements.txt pyproject.toml labtools/kernel.py
@@ -87,6 +87,10 @@ $(BENCH_STAMP): | $(STAMP)
 		"$$($(BENCH_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/lab-venv.pth"
 	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check kserve==$(KSERVE_VERSION)
 	touch $@
+
+MINUTES ?= 60
+soak: setup  ## MINUTES of REST and gRPC load with config churn every 6 s: 0 failures, RSS flat after minute 6
+	$(PY) -m labtools soak --minutes $(MINUTES)
 
 bench: setup $(BENCH_STAMP)  ## served vs in-process, bare-library and KServe ratios (last line: JSON)
 	$(PY) -m labtools bench

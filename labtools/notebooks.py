@@ -12,7 +12,6 @@ is reported with its failing cell and error, the run stops there, and the exit c
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from labtools.report import RUN_SUMMARY, write_report
 from utils.errors import LabError
 from utils.paths import BUILD_DIR, PROJECT_ROOT, project_path
 from utils.runtime.model_server_process import BACKEND_ENV_VAR
+from utils.runtime.processes import stderr_to
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 LOGS_DIR = BUILD_DIR / "logs"
@@ -56,22 +56,6 @@ def notebook_paths(notebooks_dir=NOTEBOOKS_DIR, only=None, upto=None):
     paths = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
     return [p for p in paths if (not only or any(p.name.startswith(prefix) for prefix in only))
             and (upto is None or p.name[:2] <= upto.zfill(2))]
-
-
-@contextlib.contextmanager
-def stderr_to(log_path):
-    """Send file descriptor 2 (this process's and its kernels' stderr) to `log_path` meanwhile."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with log_path.open("a") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def strip_run_metadata(executed_path, target_path):

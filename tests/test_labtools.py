@@ -36,10 +36,10 @@ def test_utils_modules_are_not_commands(path):
 
 
 def test_native_stderr_of_an_import_goes_to_the_log_and_stderr_comes_back(tmp_path, capfd):
-    from labtools.__main__ import native_stderr_to
+    from utils.runtime.processes import stderr_to
 
     log = tmp_path / "logs" / "imports.log"
-    with native_stderr_to(log):
+    with stderr_to(log):
         os.write(2, b"I0000 a TensorFlow start-up line\n")
     os.write(2, b"after\n")
     assert log.read_bytes() == b"I0000 a TensorFlow start-up line\n"

@@ -10,6 +10,7 @@
   that process (said in one line); one held by anything else is a `LabError` naming the holder and the fix.
 """
 
+import contextlib
 import json
 import os
 import select
@@ -298,3 +299,20 @@ def watch(starter_pid, child_pid, grace_seconds=STOP_TIMEOUT_SECONDS):
         return  # it exited on its own meanwhile
     finally:
         RUN_DIR.joinpath(f"{child_pid}.json").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def stderr_to(log_path):
+    """Send file descriptor 2 (this process's and its children's stderr, C++ libraries' too) to `log_path`
+    meanwhile, then restore it."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with log_path.open("a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

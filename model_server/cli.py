@@ -5,6 +5,7 @@ neither TensorFlow nor the server.
 """
 
 import argparse
+import ctypes
 import logging
 import os
 import sys
@@ -146,6 +147,22 @@ def usage():
     return "\n".join(lines)
 
 
+# TF Serving's binary allocates with tcmalloc. Under glibc's malloc every thread that loads or runs a
+# version gets an arena of its own, and memory a load takes in one thread and an unload frees from
+# another stays in arenas that never shrink: `make soak` grew about 2 MiB per config change. Two
+# arenas keep it flat (MALLOC_ARENA_MAX in the environment, when set, is left to decide).
+M_ARENA_MAX = -8  # glibc's malloc.h
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(count=MALLOC_ARENAS):
+    """mallopt(M_ARENA_MAX, count) where the C library is glibc; True when it took effect."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # glibc only: musl and macOS have none
+    return mallopt is not None and mallopt(M_ARENA_MAX, count) == 1
+
+
 def main(argv=None):
     """Parse the flags (a refused command line exits 1 with usage), then run the server until stopped."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -155,5 +172,6 @@ def main(argv=None):
     except FlagError as error:
         print(f"ERROR: {error}\n{usage()}", file=sys.stderr)
         return 1
+    limit_malloc_arenas()
     from model_server.server import run  # imports TensorFlow: only once the command line is good
     return run(options)

@@ -61,3 +61,12 @@ def test_a_refused_command_line_is_answered_before_tensorflow_is_imported(flag):
     result = subprocess.run([sys.executable, "-c", MAIN_THEN_REPORT_TENSORFLOW, flag], capture_output=True,
                             text=True, timeout=60)
     assert result.stdout.strip() == "exit 1 tensorflow imported: False"
+
+
+def test_the_server_limits_glibc_malloc_to_two_arenas_unless_the_environment_says(monkeypatch):
+    from model_server.cli import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is True, "this machine's C library is glibc"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_malloc_arenas() is False

@@ -12,12 +12,16 @@ import nbformat
 import pytest
 
 from conftest import PROJECT_ROOT
-from utils import catalog, deploy, serving
+from utils import catalog, deploy, images, serving, warmup
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 LAB_KERNEL = "tfserving-lab"
 MAX_CODE_LINE = 100  # fits a notebook's width in JupyterLab without scrolling sideways
-LESSONS = [path for path in NOTEBOOKS if path.name < "07"]  # 01-06; 07 is the appendix
+MAX_CELL_LINES = 30  # a cell a learner reads at once, ending in its result
+# A ratio typed into prose ("2x", "tenfold", "about 3 times"): a measured figure comes from a cell.
+NUMBER_WORDS = "two|three|four|five|six|seven|eight|nine|ten|twenty|hundred|thousand"
+HAND_WRITTEN_RATIO = re.compile(rf"\b\d+(?:\.\d+)?\s?[x×](?![\w-])|\b(?:{NUMBER_WORDS})fold\b"
+                                rf"|\b(?:about|roughly|nearly) (?:\d+(?:\.\d+)?|{NUMBER_WORDS}) times\b", re.I)
 
 
 def code_cell_defining(notebook_name, definition):
@@ -30,9 +34,12 @@ def code_cell_defining(notebook_name, definition):
 @pytest.mark.parametrize("notebook_name, obj", [
     ("01_classify_images.ipynb", catalog.load_model),
     ("02_serving_signatures.ipynb", serving.ServingModule),
+    ("02_serving_signatures.ipynb", images.image_size),
+    ("02_serving_signatures.ipynb", images.png_of_zeros),
     ("03_export_savedmodel.ipynb", serving.export_servable),
     ("04_deploy.ipynb", deploy.models_config),
     ("04_deploy.ipynb", deploy.monitoring_config),
+    ("06_production.ipynb", warmup.write_warmup_requests),
 ], ids=lambda value: getattr(value, "__name__", value))
 def test_utils_copy_equals_the_notebook_cell(notebook_name, obj):
     definition = f"{'class' if inspect.isclass(obj) else 'def'} {obj.__name__}"
@@ -123,6 +130,23 @@ def code_lines_fit(notebook):
     return None
 
 
+def code_cells_are_short(notebook):
+    for cell in notebook.cells:
+        lines = len(cell.source.splitlines())
+        if cell.cell_type == "code" and lines > MAX_CELL_LINES:
+            return f"a code cell of {lines} lines: {cell.source[:40]!r}"
+    return None
+
+
+def no_hand_written_ratios(notebook):
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            prose = re.sub(r"`[^`]*`", "", cell.source)  # code spans are names, not figures
+            if match := HAND_WRITTEN_RATIO.search(prose):
+                return f"a ratio typed into prose: {match.group(0)!r} in {cell.source[:40]!r}"
+    return None
+
+
 def solutions_cover_exercises(notebook):
     """Every numbered exercise has a worked solution (cells tagged `solution`, under `## Solutions`)."""
     exercises = len(re.findall(r"^\d+\. ", section(markdown_of(notebook), "Exercises") or "", flags=re.M))
@@ -153,7 +177,8 @@ def no_error_outputs(notebook):
 
 RULES = [one_h1, starts_with_title_and_overview, objectives_match_sections, setup_before_parameters,
          one_parameters_cell, parameters_are_commented, summary_section, summary_says_next,
-         exercises_after_summary, code_lines_fit, lab_kernel, no_stderr_outputs, no_error_outputs]
+         exercises_after_summary, code_lines_fit, code_cells_are_short, no_hand_written_ratios, lab_kernel,
+         no_stderr_outputs, no_error_outputs]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.__name__)
@@ -162,8 +187,8 @@ def test_notebook_follows_the_house_template(path, rule):
     assert rule(nbformat.read(path, as_version=4)) is None
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem[:2])
-def test_every_exercise_of_a_lesson_has_a_worked_solution(path):
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem[:2])
+def test_every_exercise_has_a_worked_solution(path):
     assert solutions_cover_exercises(nbformat.read(path, as_version=4)) is None
 
 
@@ -215,6 +240,8 @@ BREAKAGES = {
     summary_says_next: without("**Next:**"),
     exercises_after_summary: without("## Exercises"),
     code_lines_fit: lambda nb: setattr(nb.cells[2], "source", "x = " + "1 + " * 40 + "1"),
+    code_cells_are_short: lambda nb: setattr(nb.cells[2], "source", "\n".join(["x = 1"] * 31)),
+    no_hand_written_ratios: lambda nb: setattr(nb.cells[4], "source", "## 1. First\n\ngRPC is about 2x faster."),
     solutions_cover_exercises: lambda nb: nb.cells[-1].metadata.update(tags=[]),
     lab_kernel: lambda nb: nb.metadata["kernelspec"].update(name="python3"),
     no_stderr_outputs: lambda nb: nb.cells[2].outputs.append(
@@ -239,3 +266,34 @@ def test_each_rule_catches_a_notebook_that_breaks_it(rule):
     notebook = template_notebook()
     BREAKAGES[rule](notebook)
     assert rule(notebook) is not None
+
+
+def committed_output_texts():
+    """Every text output of every committed notebook (what nbval compares, after sanitizing)."""
+    texts = []
+    for path in NOTEBOOKS:
+        for cell in nbformat.read(path, as_version=4).cells:
+            for output in cell.get("outputs", []):
+                texts.append(output.get("text", ""))
+                texts += [value for key, value in output.get("data", {}).items()
+                          if key.startswith("text/") and isinstance(value, str)]
+    return texts
+
+
+def sanitize_rules():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(PROJECT_ROOT / "tests" / "nbval_sanitize.cfg", encoding="utf-8")
+    return {section: re.compile(config[section]["regex"]) for section in config.sections()}
+
+
+@pytest.mark.parametrize("rule", sorted(sanitize_rules()))
+def test_each_nbval_sanitize_rule_matches_a_committed_output_and_only_whole_words(rule):
+    """A rule that matches nothing hides nothing; one that matches inside a word (k8s, p50) hides a real change."""
+    regex = sanitize_rules()[rule]
+    matches = [(text, match) for text in committed_output_texts() for match in regex.finditer(text)]
+    assert matches, f"[{rule}] matches no output of the committed notebooks"
+    inside_words = [text[max(0, m.start() - 10):m.end()] for text, m in matches
+                    if m.start() > 0 and text[m.start() - 1].isalnum()]
+    assert inside_words == [], f"[{rule}] matches inside words"

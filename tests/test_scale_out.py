@@ -3,6 +3,7 @@ draining without failures, and the HPA's arithmetic."""
 
 import shutil
 import subprocess
+import sys
 import threading
 
 import grpc
@@ -16,9 +17,10 @@ from model_server.contract import CHANNEL_OPTIONS
 from server_harness import copy_fixture
 from utils.appendix import k8s
 from utils.appendix.haproxy import INSTALL_HINT, SERVED_BY, LoadBalancer, haproxy_config, health_check
-from utils.appendix.rehearsal import retarget, write_config_map
+from utils.appendix.rehearsal import Replica, replica_backend, retarget, write_config_map
 from utils.deploy import models_config, write_config
 from utils.runtime.model_server_process import LocalModelServer, wait_until_available
+from utils.paths import PROJECT_ROOT
 from utils.runtime.processes import HAPROXY, free_port, lab_processes
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
@@ -108,6 +110,34 @@ def test_retarget_leaves_the_manifests_unchanged(base):
     before = k8s.one(base, "ConfigMap")["data"]["models.config"]
     retarget(base, "resnet", [50, 101])
     assert k8s.one(base, "ConfigMap")["data"]["models.config"] == before
+
+
+# --- a replica on TF Serving's binary ----------------------------------------------------------------
+
+FAKE_BINARY = PROJECT_ROOT / "tests" / "fakes" / "bin" / "tensorflow_model_server"
+
+
+def test_a_replica_on_the_binary_backend_starts_is_ready_and_stops(tmp_path, monkeypatch, base, template):
+    monkeypatch.setenv("LAB_TFSERVING_BINARY", str(FAKE_BINARY))  # the shim runs the stand-in
+    monkeypatch.setenv("LAB_STANDIN_PYTHON", sys.executable)
+    shutil.copytree(TFSERVING_TESTDATA / "saved_model_half_plus_two_2_versions", tmp_path / "models" / "hp")
+    host_paths = {template.mount_path("config"): str(tmp_path / "cm"), "/models": str(tmp_path / "models")}
+    write_config_map(k8s.one(retarget(base, "hp", [123, 124]), "ConfigMap"), tmp_path / "cm", host_paths)
+    replica = Replica("pod-0", template, free_port(), free_port(), host_paths, tmp_path, backend="binary")
+    assert replica.description == f"TF Serving binary {FAKE_BINARY}"
+    replica.start()
+    try:
+        wait_until_available(f"http://127.0.0.1:{replica.rest_port}", "hp", [123, 124], process=replica.process)
+        assert replica.label_version("hp", "stable") == 123
+    finally:
+        stopped = replica.stop()
+    assert stopped.exit_code == 0
+
+
+def test_the_docker_backend_rehearses_on_processes(monkeypatch, capsys):
+    monkeypatch.setenv("LAB_TFSERVING_BINARY", str(FAKE_BINARY))
+    assert replica_backend("docker") == "binary"
+    assert "not one container each" in capsys.readouterr().out
 
 
 # --- haproxy ---------------------------------------------------------------------------------------

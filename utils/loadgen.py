@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 import requests
-from tensorflow_serving.apis import prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 from tqdm import tqdm
 
 from model_server.contract import CHANNEL_OPTIONS
@@ -85,6 +89,18 @@ class GrpcPredictor:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
         return self
 
+    def status(self):
+        """The states of the model's versions the request names, read over the same channel (GetModelStatus).
+
+        Notebook 06 reads it before timing a first Predict, so the timing is the model's, not the channel's.
+        """
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.CopyFrom(self.request.model_spec)
+        request.model_spec.ClearField("signature_name")
+        response = model_service_pb2_grpc.ModelServiceStub(self.channel).GetModelStatus(request, timeout=30)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return {status.version: states.Name(status.state) for status in response.model_version_status}
+
     def __call__(self):
         """One Predict; returns the version that answered."""
         return self.stub.Predict(self.request, timeout=60).model_spec.version.value
@@ -114,3 +130,49 @@ class RestPredictor:
 
 def p50_ms(seconds):
     return statistics.median(seconds) * 1000
+
+
+class BackgroundLoad:
+    """Calls `call()` in a loop on a thread until stopped, keeping every answer and every failure apart.
+
+    Notebook 06 (section 5) keeps asking for the `stable` label with it while the label moves: `answers` are
+    (start time, version that answered), `failed` are (start time, gRPC status name).
+    """
+
+    def __init__(self, call):
+        self.call = call
+        self.answers, self.failed = [], []
+        self.stopping, self.answered = threading.Event(), threading.Condition()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.perf_counter()
+            try:
+                version = self.call()
+            except grpc.RpcError as error:  # every failure is counted and shown
+                self.failed.append((started, error.code().name))
+                continue
+            with self.answered:
+                self.answers.append((started, version))
+                self.answered.notify_all()
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def wait_for_answers(self, count, version=None, timeout=60):
+        """Wait until `count` more answers (from `version`, if given) arrived: no guessed sleeps."""
+
+        def counted():
+            return sum(1 for _, v in self.answers if version in (None, v))
+
+        with self.answered:
+            target = counted() + count
+            if not self.answered.wait_for(lambda: counted() >= target, timeout):
+                raise TimeoutError(f"fewer than {count} answers within {timeout} s")
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        return self

@@ -2,5 +2,7 @@
 
 - `k8s`: the Kubernetes manifests of deploy/: render, validate, cross-check, read;
 - `haproxy`: haproxy in front of local replicas, as a Service with an L7 proxy;
-- `rehearsal`: the Deployment rehearsed on loopback: replicas, their ConfigMap, load, CPU.
+- `rehearsal`: the Deployment rehearsed on loopback: replicas (TF Serving's binary or the stand-in), their
+  ConfigMap, load, CPU;
+- `figures`: the rehearsal's charts: who answered with which version, each move shaded.
 """

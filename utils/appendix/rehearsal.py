@@ -1,7 +1,8 @@
 """The Deployment rehearsed on loopback (appendix notebook 07): replicas, their ConfigMap, load, CPU.
 
-- `Replica` is one pod: a local model_server started with the Deployment's own args, its ports standing
-  in for the pod's address, its ConfigMap's files in a directory standing in for the mounted volume;
+- `Replica` is one pod: TF Serving's tensorflow_model_server (backend 'binary') or the lab's stand-in
+  (backend 'local') started with the Deployment's own args, its ports standing in for the pod's address,
+  its ConfigMap's files in a directory standing in for the mounted volume; `replica_backend` picks which;
 - `write_config_map` writes a ConfigMap's files into that directory atomically, as the kubelet swaps a
   mounted ConfigMap, with the model base paths mapped like the model store volume;
 - `LabelLoad` asks for a label over REST and gRPC through the load balancer, paced and bounded in count
@@ -27,7 +28,15 @@ from utils.appendix.haproxy import SERVED_BY
 from utils.appendix.k8s import LABEL_METADATA_PATH, MODELS_CONFIG_KEY, host_path, read_models_config
 from utils.errors import LabError
 from utils.payloads import PREPROCESS_SIGNATURE, b64_body, predict_request
-from utils.runtime.model_server_process import LocalModelServer
+from utils.runtime.model_server_process import (
+    LAB_ONLY_FLAGS,
+    STANDIN,
+    TFSERVING_BINARY,
+    LocalModelServer,
+    TFServingBinary,
+    choose_backend,
+    flag_name,
+)
 from utils.runtime.waiting import wait_until
 
 
@@ -88,13 +97,61 @@ def write_config_map(config_map, directory, host_paths):
     return directory
 
 
-class Replica(LocalModelServer):
-    """One pod of the Deployment: a local model_server on its own ports with the Deployment's args."""
+REPLICA_BACKENDS = ("binary", "local")
 
-    def __init__(self, name, template, grpc_port, rest_port, host_paths, log_dir):
+
+def replica_backend(backend):
+    """The backend the replicas run on: 'binary' or 'local' as `backend` resolves ('auto' as notebook 04).
+
+    A replica is a process on loopback ports, which haproxy reaches directly; for 'docker' the rehearsal
+    runs TF Serving's binary when this machine has one, else the stand-in, and says so in one line.
+    """
+    backend = choose_backend(backend)
+    if backend != "docker":
+        return backend
+    chosen = "binary" if TFSERVING_BINARY.find() is not None else "local"
+    what = "TF Serving's binary" if chosen == "binary" else STANDIN
+    print(f"Backend 'docker': the replicas run {what} as processes on loopback ports, which haproxy reaches "
+          "directly, not one container each.")
+    return chosen
+
+
+class Replica:
+    """One pod of the Deployment: a model server on its own ports with the Deployment's args.
+
+    Backend 'binary' runs TF Serving's `tensorflow_model_server` (`TFServingBinary`), 'local' the lab's
+    stand-in (`LocalModelServer`); both get the container's args with the pod's ports and host paths
+    (`PodTemplate.local_args`), less the stand-in's own flags for the binary. `start`, `stop`, `process`
+    and `description` are the server's.
+    """
+
+    def __init__(self, name, template, grpc_port, rest_port, host_paths, log_dir, backend="local"):
+        if backend not in REPLICA_BACKENDS:
+            raise LabError(f"A replica runs on backend 'binary' or 'local', not {backend!r}: see `replica_backend`.")
         self.name = name
         self.grpc_port, self.rest_port = grpc_port, rest_port
-        super().__init__(template.local_args(grpc_port, rest_port, host_paths), log_path=Path(log_dir) / f"{name}.log")
+        self.args = template.local_args(grpc_port, rest_port, host_paths)
+        log_path = Path(log_dir) / f"{name}.log"
+        if backend == "binary":
+            self.args = [arg for arg in self.args if flag_name(arg) not in LAB_ONLY_FLAGS]
+            self.server = TFServingBinary(self.args, log_path=log_path)
+        else:
+            self.server = LocalModelServer(self.args, log_path=log_path)
+
+    @property
+    def process(self):
+        return self.server.process
+
+    @property
+    def description(self):
+        return self.server.description
+
+    def start(self):
+        self.server.start()
+        return self
+
+    def stop(self):
+        return self.server.stop()
 
     def label_version(self, model_name, label):
         """The version this replica resolves `label` to right now (asked of the replica, not the balancer)."""

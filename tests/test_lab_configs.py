@@ -32,7 +32,9 @@ TEST_CONFIGS = {
     "test_server_errors": [([OLD, NEW], {"stable": OLD})],
 }
 # What the lab's names mean here: every exported version, and the objects labtools passes around.
-LAB_NAMES = {"versions": [OLD, NEW], "version": OLD, "bench": types.SimpleNamespace(version=OLD)}
+# make soak rolls `stable` in a loop (`for served, stable in ...`): its middle step stands for the loop.
+LAB_NAMES = {"versions": [OLD, NEW], "version": OLD, "bench": types.SimpleNamespace(version=OLD),
+             "served": [OLD, NEW], "stable": NEW}
 SAFE_BUILTINS = {"max": max, "min": min, "len": len, "sorted": sorted, "list": list, "dict": dict}
 
 
@@ -49,20 +51,38 @@ def lab_sources():
     return {name: code for name, code in sources.items() if any("models_config(" in c for c in code)}
 
 
+def config_writers(tree):
+    """{function: (versions parameter index, labels parameter index)} of the functions in `tree` that pass
+    two of their own parameters on to models_config as its versions and labels (notebook 06's
+    write_served_config); their calls are read as models_config calls, their inner call is skipped."""
+    writers, inner = {}, set()
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        parameters = [a.arg for a in function.args.args]
+        for call in ast.walk(function):
+            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "models_config"
+                    and len(call.args) == 4 and all(isinstance(a, ast.Name) and a.id in parameters
+                                                    for a in call.args[2:])):
+                writers[function.name] = (parameters.index(call.args[2].id), parameters.index(call.args[3].id))
+                inner.add(call)
+    return writers, inner
+
+
 def models_configs_in(code):
     """[(versions, labels)] of each `models_config(name, base_path, versions[, labels])` call, in code order.
 
     Each argument is evaluated with the values the code assigned before it (simple assignments the
     evaluation can follow), starting from LAB_NAMES; a call it cannot evaluate fails, naming its line.
     """
-    names, configs = dict(LAB_NAMES), []
+    names, configs, writers = dict(LAB_NAMES), [], {}
 
     def evaluate(node):
         return eval(compile(ast.Expression(node), "<lab code>", "eval"), {"__builtins__": SAFE_BUILTINS}, names)
 
     for source in code:
         tree = ast.parse(source)
-        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.Call))]
+        found, inner = config_writers(tree)
+        writers.update(found)
+        nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.Call)) and n not in inner]
         for node in sorted(nodes, key=lambda n: (n.lineno, n.col_offset)):
             if isinstance(node, ast.Assign):
                 try:
@@ -74,6 +94,9 @@ def models_configs_in(code):
                         names[target.id] = value
                     elif isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts):
                         names.update(zip((e.id for e in target.elts), value))
+            elif isinstance(node.func, ast.Name) and node.func.id in writers:
+                versions_at, labels_at = writers[node.func.id]
+                configs.append((list(evaluate(node.args[versions_at])), dict(evaluate(node.args[labels_at]))))
             elif isinstance(node.func, ast.Name) and node.func.id == "models_config" and len(node.args) >= 3:
                 labels = node.args[3] if len(node.args) > 3 else next(
                     (k.value for k in node.keywords if k.arg == "labels"), None)

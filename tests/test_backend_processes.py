@@ -212,11 +212,13 @@ def test_a_container_is_removed_when_its_starter_is_killed(fakes, lab_configs):
     finally:
         starter.kill()
         starter.wait()
-    wait_until(lambda: subprocess.run(["docker", "ps"], capture_output=True, text=True).stdout == "", 30,
-               "the container removed after its starter was killed")
+    record = DOCKER_RUN_DIR / f"lab-tfserving-{rest_port}.json"
+    # The watchdog removes the container, then its record: wait for both.
+    wait_until(lambda: not record.exists() and subprocess.run(["docker", "ps"], capture_output=True,
+                                                              text=True).stdout == "",
+               30, "the container and its record removed after its starter was killed")
     (removal,) = [call for call in docker_calls(fakes) if call[:2] == ["rm", "-f"]]
     assert len(removal[2]) == 64, "removed by id, which no later container with its name can have"
-    assert not (DOCKER_RUN_DIR / f"lab-tfserving-{rest_port}.json").exists()
     assert subprocess.run(["docker", "ps"], capture_output=True, text=True).stdout == ""
 
 

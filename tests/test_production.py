@@ -344,3 +344,13 @@ def test_load_generator_counts_failures_apart_from_timings():
     result = run_load(flaky, 10, concurrency=1)
     assert (result.sent, result.failures, len(result.latencies)) == (10, 4, 6)
     assert result.summary()["failed"] == 4 and result.throughput > 0
+
+
+def test_a_request_with_no_prediction_log_type_is_one_sentence(tmp_path):
+    from tensorflow_serving.apis import model_management_pb2
+
+    from utils.errors import LabError
+    from utils.warmup import write_warmup_requests
+
+    with pytest.raises(LabError, match=r"^No PredictionLog type for ReloadConfigRequest\.$"):
+        write_warmup_requests(tmp_path, [model_management_pb2.ReloadConfigRequest()])

@@ -39,7 +39,9 @@ def write_warmup_requests(export_dir, requests):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for request in requests:
             log = prediction_log_pb2.PredictionLog()
-            field = PREDICTION_LOG_FIELDS[type(request).__name__]  # "predict_log" for a Predict
+            field = PREDICTION_LOG_FIELDS.get(type(request).__name__)  # "predict_log" for a Predict
+            if field is None:
+                raise LabError(f"No PredictionLog type for {type(request).__name__}.")
             getattr(log, field).request.CopyFrom(request)
             writer.write(log.SerializeToString())
     return path

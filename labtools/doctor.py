@@ -94,13 +94,15 @@ def check_kernel():
 
 
 def check_tfserving():
-    """Which server notebooks 04-05 run with `backend = "auto"`: TF Serving itself, or the stand-in."""
-    if docker_engine_answers():
-        return Check("TF Serving", "ok", f"a Docker engine answers: notebooks 04-05 run {tfserving_image()}")
+    """Which server notebooks 04-07 run with `backend = "auto"`: TF Serving itself, or the stand-in."""
     binary = TFSERVING_BINARY.find()
+    if docker_engine_answers():
+        replicas = f"the binary {binary}" if binary else "the lab's stand-in"
+        return Check("TF Serving", "ok", f"a Docker engine answers: notebooks 04-06 run {tfserving_image()}, "
+                     f"07's replicas {replicas}")
     if binary is not None:
-        return Check("TF Serving", "ok", f"no Docker engine; notebooks 04-05 run the binary {binary}")
-    return Check("TF Serving", "warn", "no Docker engine, no tensorflow_model_server: notebooks 04-05 run the "
+        return Check("TF Serving", "ok", f"no Docker engine; notebooks 04-07 run the binary {binary}")
+    return Check("TF Serving", "warn", "no Docker engine, no tensorflow_model_server: notebooks 04-07 run the "
                  "lab's stand-in", "nothing to do (README: Backends, to run TF Serving itself)")
 
 

@@ -83,3 +83,18 @@ def test_a_directory_mirror_is_checked_for_the_models_tarball(monkeypatch, tmp_p
         tarball.parent.mkdir(parents=True)
         tarball.write_bytes(b"")
     assert catalog.tfhub_reachable() is mirror_exists
+
+
+@pytest.mark.parametrize("engine, binary, expected", [
+    (True, None, ("ok", "a Docker engine answers: notebooks 04-06 run IMAGE, 07's replicas the lab's stand-in")),
+    (True, "/bin/tfs", ("ok", "a Docker engine answers: notebooks 04-06 run IMAGE, 07's replicas the binary /bin/tfs")),
+    (False, "/bin/tfs", ("ok", "no Docker engine; notebooks 04-07 run the binary /bin/tfs")),
+    (False, None, ("warn", "no Docker engine, no tensorflow_model_server: notebooks 04-07 run the lab's stand-in")),
+])
+def test_the_tf_serving_check_names_the_server_each_notebook_runs(monkeypatch, engine, binary, expected):
+    monkeypatch.setattr(doctor, "docker_engine_answers", lambda: engine)
+    monkeypatch.setattr(doctor, "TFSERVING_BINARY", Program("tfs", "LAB_TEST_TFS", "none"))
+    monkeypatch.setattr(Program, "find", lambda self: binary)
+    monkeypatch.setattr(doctor, "tfserving_image", lambda: "IMAGE")
+    check = doctor.check_tfserving()
+    assert (check.status, check.detail) == expected

@@ -35,12 +35,15 @@ models: setup  ## download (tfhub) or convert (offline) the catalog's models int
 lab: setup  ## run every notebook headlessly on the embedded defaults
 	$(PY) -m labtools notebooks --catalog auto
 
+# Two pytest-xdist workers: nbval's notebooks and the browser's run side by side (tests/conftest.py groups them).
+XDIST := -n 2
+
 test: setup  ## unit, server, browser and notebook tests (notebooks run offline on the stand-in, nbval compares outputs)
 	@$(PY) -m labtools components check $(COMPONENTS)
-	LAB_CATALOG=offline LAB_BACKEND=local $(PY) -m pytest tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
+	LAB_CATALOG=offline LAB_BACKEND=local $(PY) -m pytest $(XDIST) tests notebooks --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 test-fast: setup  ## the unit and server tiers only (no notebooks, no browser): a few minutes
-	LAB_CATALOG=offline LAB_BACKEND=local $(PY) -m pytest tests -m "unit or server"
+	LAB_CATALOG=offline LAB_BACKEND=local $(PY) -m pytest $(XDIST) tests -m "unit or server"
 
 test-backends: setup  ## notebooks 04-05 on TF Serving's binary (a shim) and in Docker (installs and starts dockerd if needed)
 	$(PY) -m labtools backends

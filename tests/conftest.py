@@ -57,17 +57,71 @@ def tier(item):
     return module_tier(Path(str(item.fspath)))
 
 
+# `make test` runs two pytest-xdist workers (`-n 2`): nbval's notebooks in order on one, the browser's copies
+# of them (ports and build directories of their own, see test_browser) on the other, and every other module
+# whole on whichever worker is free. The two notebook groups are the longest: they go first, so neither
+# waits behind the short ones.
+LONGEST_GROUPS = ["browser", "notebook"]
+
+
+def group_of(path):
+    """The browser and notebook tiers are one group each; every other module is a group of its own."""
+    name = module_tier(Path(path))
+    return name if name in LONGEST_GROUPS else str(path)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         name = tier(item)
         if not any(item.iter_markers(name=name)):
             item.add_marker(name)
+    first = {group: rank for rank, group in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: first.get(group_of(item.fspath), len(first)))  # stable: groups keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scope scheduling (a scope runs whole, in order, on one worker), scoped by `group_of`
+    and in collection order. (Its `xdist_group` mark does not group under pytest 9, whose nodes keep their
+    id in `_id`, not the `_nodeid` pytest-xdist 3.8 rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return group_of(PROJECT_ROOT / nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
+
+
+def pytest_sessionstart(session):
+    """Under pytest-xdist, the files both notebook groups read are made once, before the workers start:
+    TF Serving's test models and the offline catalog's converted models (TensorFlow's log: build/logs/)."""
+    if session.config.getoption("numprocesses", None) and not hasattr(session.config, "workerinput"):
+        from labtools.notebooks import LOGS_DIR, prepare_catalog
+        from utils.runtime.processes import stderr_to
+
+        prepare_catalog("offline")
+        with stderr_to(LOGS_DIR / "testdata.log"):
+            ensure_testdata()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def tfserving_testdata():
     """build/testdata/, built if its stamp is stale (a few seconds, once per checkout)."""
     return ensure_testdata()
+
+
+@pytest.fixture
+def own_run_dir(monkeypatch, tmp_path):
+    """The lab's process records (build/run/) in a directory of this test's own, for it and the processes it
+    starts: its `make stop` stops only what it started, never a server a test running beside it uses."""
+    from utils.runtime import model_server_process, processes
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setenv("LAB_RUN_DIR", str(run_dir))
+    monkeypatch.setattr(processes, "RUN_DIR", run_dir)
+    monkeypatch.setattr(model_server_process, "DOCKER_RUN_DIR", run_dir / "docker")
+    return run_dir
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ from conftest import PROJECT_ROOT
 from server_harness import copy_fixture
 from utils.deploy import models_config, write_config
 from utils.errors import LabError
+from utils.runtime import model_server_process
 from utils.runtime.model_server_process import (
     DEFAULT_TFSERVING_IMAGE,
-    DOCKER_RUN_DIR,
     DockerServer,
     TFServingBinary,
     choose_backend,
@@ -31,6 +31,8 @@ from utils.runtime.waiting import wait_until
 
 FAKES = PROJECT_ROOT / "tests" / "fakes"
 STANDIN_IMAGE = "lab/tfserving-standin:test"
+# Each test records its servers and containers in a directory of its own: its `make stop` stops only those.
+pytestmark = pytest.mark.usefixtures("own_run_dir")
 
 
 @pytest.fixture
@@ -212,7 +214,7 @@ def test_a_container_is_removed_when_its_starter_is_killed(fakes, lab_configs):
     finally:
         starter.kill()
         starter.wait()
-    record = DOCKER_RUN_DIR / f"lab-tfserving-{rest_port}.json"
+    record = model_server_process.DOCKER_RUN_DIR / f"lab-tfserving-{rest_port}.json"
     # The watchdog removes the container, then its record: wait for both.
     wait_until(lambda: not record.exists() and subprocess.run(["docker", "ps"], capture_output=True,
                                                               text=True).stdout == "",

@@ -1,9 +1,9 @@
-"""Every notebook run in JupyterLab in headless Chromium, as a learner runs it (issue 7; issue 19: 06 runs
-from a copy asking for fewer trials and requests, see REDUCED_PARAMETERS).
+"""Every notebook run in JupyterLab in headless Chromium, as a learner runs it (issue 7; issue 19: each
+runs from a copy on ports and build directories of its own, 06 asking for fewer trials and requests).
 
 JupyterLab starts from this interpreter on loopback, rooted at the project, with the
 offline catalog (LAB_CATALOG=offline). Each notebook is opened in the Notebook editor
-on the lab's kernel and run with "Run All", or, for notebooks 04-06 (which start
+on the lab's kernel and run with "Run All", or, for notebooks 04 and 06 (which start
 servers), with "Restart Kernel and Run All Cells" twice in a row. After each run: every
 code cell ran, no error or stderr output, every figure rendered as an image, no raw
 carriage returns, no widget errors. The report check loads an HTML report from disk.
@@ -39,14 +39,22 @@ pytestmark = pytest.mark.browser
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS = sorted(path.name for path in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-RESTARTED_NOTEBOOKS = [name for name in NOTEBOOKS if name[:2] in ("04", "05", "06")]
+# The stale-server case: a second "Restart Kernel and Run All" finds the first run's servers stopped.
+RESTARTED_NOTEBOOKS = [name for name in NOTEBOOKS if name[:2] in ("04", "06")]
 EXECUTED_DIR = BROWSER_BUILD_DIR / "executed"
-# nbval runs every notebook at its committed size and compares the outputs; here the front end needs the
-# same cells, not the same amount of work: these notebooks run from a copy whose parameters cell asks for
-# fewer trials and requests (every cell, figure and assert still runs; 06 still twice after a restart).
-# 06 at this size ran in 123 s against 206 s at its committed size; 07 gained nothing from a shorter load
-# step (its time is pod start-ups), so it runs as committed.
-REDUCED_DIR = BROWSER_BUILD_DIR / "reduced"
+# JupyterLab opens copies of the notebooks whose parameters cells differ from the committed ones:
+COPIES_DIR = BROWSER_BUILD_DIR / "notebooks"
+# - `make test` runs this module beside nbval (two pytest-xdist groups at once), so the copies use ports and
+#   build directories of their own: neither run sees the other's servers or files;
+OWN_PORTS_AND_DIRS = {
+    "models_dir": "build/browser/models", "configs_dir": "build/browser/configs",
+    "scale_out_dir": "build/browser/scale_out", "grpc_port": 18500, "rest_port": 18501, "prometheus_port": 19090,
+    "haproxy_metrics_port": 18404, "pod_ports_start": 19600,
+}
+# - nbval runs every notebook at its committed size and compares the outputs; here the front end needs the
+#   same cells, not the same amount of work: 06 asks for fewer trials and requests (every cell, figure and
+#   assert still runs; it still runs twice after a restart). 06 at this size ran in 95 s against 206 s at
+#   its committed size; 07 gained nothing from a shorter load step (its time is pod start-ups).
 REDUCED_PARAMETERS = {
     "06_production.ipynb": {"warmup_trials": 1, "load_seconds": 4, "concurrency_levels": [1, 4, 16],
                             "requests_per_level": 32, "benchmark_records": 60},
@@ -232,29 +240,53 @@ def set_parameters(notebook, values):
     return notebook
 
 
+def browser_parameters(name):
+    """What the browser's copy of notebook `name` assigns differently: its own ports and directories (those
+    its parameters cell has), and for 06 a smaller run."""
+    (cell,) = [c for c in nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells
+               if "parameters" in c.metadata.get("tags", [])]
+    committed = {}
+    exec(cell.source, committed)
+    own = {key: value for key, value in OWN_PORTS_AND_DIRS.items() if key in committed}
+    return {**own, **REDUCED_PARAMETERS.get(name, {})}
+
+
 def notebook_to_run(name):
-    """The path JupyterLab opens for notebook `name`: the committed one, or its reduced copy under build/."""
-    if name not in REDUCED_PARAMETERS:
-        return f"notebooks/{name}"
-    copy = REDUCED_DIR / name
+    """The path JupyterLab opens for notebook `name`: its copy under build/browser/notebooks/."""
+    copy = COPIES_DIR / name
     copy.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(set_parameters(nbformat.read(NOTEBOOKS_DIR / name, as_version=4), REDUCED_PARAMETERS[name]), copy)
+    notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+    nbformat.write(set_parameters(notebook, browser_parameters(name)) if browser_parameters(name) else notebook, copy)
     return str(copy.relative_to(PROJECT_ROOT))
 
 
-def test_reduced_copies_change_only_the_parameters_they_name():
-    for name, values in REDUCED_PARAMETERS.items():
-        committed = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
-        reduced = set_parameters(nbformat.read(NOTEBOOKS_DIR / name, as_version=4), values)
-        changed = [i for i, (a, b) in enumerate(zip(committed.cells, reduced.cells)) if a.source != b.source]
-        assert [committed.cells[i].metadata.get("tags") for i in changed] == [["parameters"]], name
-        namespace = {}
-        exec(reduced.cells[changed[0]].source, namespace)
-        assert {key: namespace[key] for key in values} == values, name
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_copies_change_only_the_parameters_they_name(name):
+    values = browser_parameters(name)
+    committed = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
+    copy = set_parameters(nbformat.read(NOTEBOOKS_DIR / name, as_version=4), values)
+    changed = [i for i, (a, b) in enumerate(zip(committed.cells, copy.cells)) if a.source != b.source]
+    assert [committed.cells[i].metadata.get("tags") for i in changed] == ([["parameters"]] if values else [])
+    namespace = {}
+    exec(copy.cells[changed[0]].source if changed else "", namespace)
+    assert {key: namespace[key] for key in values} == values
+
+
+def test_copies_share_no_port_or_directory_with_the_committed_notebooks():
+    """Every port and build directory a parameters cell names is one the browser's copies replace."""
+    for name in NOTEBOOKS:
+        (cell,) = [c for c in nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells
+                   if "parameters" in c.metadata.get("tags", [])]
+        committed = {}
+        exec(cell.source, committed)
+        shared = [key for key, value in committed.items()
+                  if (key.endswith("_port") or key.endswith("_dir") and str(value).startswith("build/")
+                      or key.endswith("ports_start")) and key not in OWN_PORTS_AND_DIRS]
+        assert shared == [], f"{name}: add {shared} to OWN_PORTS_AND_DIRS"
 
 
 def runs_for(name):
-    """Run All, or for notebooks 04-06 "Restart Kernel and Run All Cells" twice in a row (the same checks apply)."""
+    """Run All, or for notebooks 04 and 06 "Restart Kernel and Run All Cells" twice in a row (the same checks apply)."""
     if name in RESTARTED_NOTEBOOKS:
         return [("notebook:restart-run-all", f"restart-run-all-{attempt}", True) for attempt in (1, 2)]
     return [("notebook:run-all-cells", "run-all", False)]
@@ -262,9 +294,9 @@ def runs_for(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_clean_in_jupyterlab(lab_page, name):
-    """In order 01, 02, ...: later notebooks use files earlier ones make (03: build/models, 04: build/configs).
+    """In order 01, 02, ...: later notebooks use files earlier ones make (03: models, 04: configs).
 
-    06 runs from its reduced copy (REDUCED_PARAMETERS); 04-06 twice after a restart.
+    Each runs from its copy (`notebook_to_run`); 04 and 06 twice after a restart.
     """
     open_notebook(lab_page, notebook_to_run(name))
     failures = []

@@ -223,7 +223,7 @@ def test_model_server_with_a_busy_rest_port_says_so_and_serves_grpc(tmp_path):
     assert f"Failed to start HTTP Server at localhost:{rest_port}" in log and "Traceback" not in log
 
 
-def test_make_stop_stops_what_another_process_started(capsys):
+def test_make_stop_stops_what_another_process_started(own_run_dir, capsys):
     from labtools.stop import main as stop_main
 
     port = free_port()

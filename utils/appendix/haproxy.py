@@ -78,13 +78,13 @@ class LoadBalancer(ManagedServer):
     install_hint = INSTALL_HINT
 
     def __init__(self, readiness_probe, rest_port, grpc_port, metrics_port, metrics_path,
-                 workdir=BUILD_DIR / "haproxy"):
+                 workdir=None):
         self.binary = HAPROXY.find()
         self.check = health_check(readiness_probe)
         self.rest_url = f"http://127.0.0.1:{rest_port}"
         self.grpc_target = f"127.0.0.1:{grpc_port}"
         self.metrics_url = self.ready_url = f"http://127.0.0.1:{metrics_port}{metrics_path}"
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir or BUILD_DIR / f"haproxy-{rest_port}")  # its config, socket and log
         self.admin_socket = self.workdir / "admin.sock"
         self.config = haproxy_config(self.check, rest_port, grpc_port, metrics_port, metrics_path,
                                      self.admin_socket)

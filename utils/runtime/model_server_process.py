@@ -158,6 +158,12 @@ def flag_ports(flags):
             if flag.startswith(prefix) and flag.split("=", 1)[1] != "0"}
 
 
+def default_log_path(program, ports):
+    """build/logs/<program>-<port>.log, by the REST port (else the gRPC port): one log per server at a time."""
+    port = ports.get("rest_port") or ports.get("grpc_port")
+    return BUILD_DIR / "logs" / (f"{program}-{port}.log" if port else f"{program}.log")
+
+
 class LocalModelServer(ManagedServer):
     """`python -m model_server` as a managed subprocess with TF Serving's flags; a context manager.
 
@@ -169,7 +175,7 @@ class LocalModelServer(ManagedServer):
 
     def __init__(self, flags, log_path=None):
         self.flags = [str(f) for f in flags]
-        self.log_path = Path(log_path or BUILD_DIR / "logs" / "model_server.log")
+        self.log_path = Path(log_path or default_log_path("model_server", flag_ports(self.flags)))
         super().__init__([sys.executable, "-m", "model_server", *self.flags], flag_ports(self.flags),
                          self.log_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
@@ -184,7 +190,7 @@ class TFServingBinary(ManagedServer):
     def __init__(self, flags, log_path=None, binary=None):
         self.flags = refuse_lab_only_flags([str(f) for f in flags], "tensorflow_model_server")
         self.binary = binary or TFSERVING_BINARY.find()
-        self.log_path = Path(log_path or BUILD_DIR / "logs" / "tensorflow_model_server.log")
+        self.log_path = Path(log_path or default_log_path("tensorflow_model_server", flag_ports(self.flags)))
         super().__init__([self.binary, *self.flags], flag_ports(self.flags), self.log_path)
 
     @property

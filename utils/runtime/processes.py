@@ -3,7 +3,8 @@
 `ManagedProcess` is the child itself; `utils.runtime.managed_server.ManagedServer` adds its readiness.
 
 - Every process is recorded in `build/run/<pid>.json` (its kind, ports, command line and the pid of the
-  process that started it), so the next notebook and `make stop` can find it.
+  process that started it), so the next notebook and `make stop` can find it. `LAB_RUN_DIR` names another
+  directory: a test of `make stop` uses its own, so it never stops servers another test is using.
 - A watchdog ends it when the process that started it exits, even when that process is killed (a dead
   kernel), so no port stays held by an orphan.
 - Before a start, `claim_ports` checks the ports: one held by an earlier lab process is freed by stopping
@@ -27,7 +28,7 @@ import psutil
 from utils.errors import LabError
 from utils.paths import BUILD_DIR, PROJECT_ROOT
 
-RUN_DIR = BUILD_DIR / "run"
+RUN_DIR = Path(os.environ.get("LAB_RUN_DIR") or BUILD_DIR / "run")
 STOP_TIMEOUT_SECONDS = 30
 # Where `make setup` unpacks Debian packages when it cannot install them as root.
 UNPACKED_PREFIX = PROJECT_ROOT / ".venv" / "opt"

@@ -51,12 +51,12 @@ class PrometheusServer(ManagedServer):
     kind = "Prometheus"
     install_hint = INSTALL_HINT
 
-    def __init__(self, target, metrics_path, port=9090, workdir=BUILD_DIR / "prometheus", extra_targets=()):
+    def __init__(self, target, metrics_path, port=9090, workdir=None, extra_targets=()):
         self.binary = PROMETHEUS.find()
         self.url = f"http://127.0.0.1:{port}"
         self.ready_url = f"{self.url}/-/ready"
         self.port = port
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir or BUILD_DIR / f"prometheus-{port}")  # its config, data and log
         self.config = scrape_config(target, metrics_path, extra_targets=extra_targets)
         super().__init__([self.binary, f"--config.file={self.workdir / 'prometheus.yml'}",
                           f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],

@@ -9,6 +9,7 @@ SavedModel that breaks in the real server breaks here too.
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.framework import ops
 
 SERVING_TAG = tf.saved_model.SERVING
 
@@ -23,15 +24,15 @@ class SavedModelBundle:
             intra_op_parallelism_threads=intra_op_threads,
             inter_op_parallelism_threads=inter_op_threads)
         self.session = tf.compat.v1.Session(graph=self.graph, config=config)
+        self._callables = {}
         try:
             with self.graph.as_default():
                 self.meta_graph_def = tf.compat.v1.saved_model.loader.load(
                     self.session, [SERVING_TAG], self.export_dir)
         except Exception:
-            self.session.close()
+            self.close()
             raise
         self.signature_defs = dict(self.meta_graph_def.signature_def)
-        self._callables = {}
 
     def run(self, signature_name, inputs, output_filter=()):
         """Feed `inputs` ({input key: array}) to a signature; return {output key: array}.
@@ -65,4 +66,16 @@ class SavedModelBundle:
                           dtype.as_numpy_dtype)
 
     def close(self):
+        """Free the version's Session and Graph now, as deleting TF Serving's SavedModelBundle does.
+
+        A tf.Graph and its Operations (and the Variables in its collections) reference each other, so a
+        dropped Graph (its C++ graph and function library, megabytes per version) waits for a full cyclic
+        garbage collection, which a serving process with TensorFlow imported can go hours without: config
+        churn grew the server by every version it unloaded. Emptied and dismantled, the Graph goes with
+        the bundle's last reference.
+        """
+        self._callables.clear()  # each releases its callable in the open Session
         self.session.close()
+        for collection in self.graph.get_all_collection_keys():  # TF1 models' Variables, Savers, ...
+            self.graph.clear_collection(collection)
+        ops.dismantle_graph(self.graph)

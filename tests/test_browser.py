@@ -240,13 +240,19 @@ def set_parameters(notebook, values):
     return notebook
 
 
+def committed_parameters(name):
+    """{name: value} that notebook `name`'s committed parameters cell assigns."""
+    (cell,) = [c for c in nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells
+               if "parameters" in c.metadata.get("tags", [])]
+    namespace = {}
+    exec(cell.source, namespace)
+    return {key: value for key, value in namespace.items() if key != "__builtins__"}
+
+
 def browser_parameters(name):
     """What the browser's copy of notebook `name` assigns differently: its own ports and directories (those
     its parameters cell has), and for 06 a smaller run."""
-    (cell,) = [c for c in nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells
-               if "parameters" in c.metadata.get("tags", [])]
-    committed = {}
-    exec(cell.source, committed)
+    committed = committed_parameters(name)
     own = {key: value for key, value in OWN_PORTS_AND_DIRS.items() if key in committed}
     return {**own, **REDUCED_PARAMETERS.get(name, {})}
 
@@ -255,8 +261,8 @@ def notebook_to_run(name):
     """The path JupyterLab opens for notebook `name`: its copy under build/browser/notebooks/."""
     copy = COPIES_DIR / name
     copy.parent.mkdir(parents=True, exist_ok=True)
-    notebook = nbformat.read(NOTEBOOKS_DIR / name, as_version=4)
-    nbformat.write(set_parameters(notebook, browser_parameters(name)) if browser_parameters(name) else notebook, copy)
+    notebook, values = nbformat.read(NOTEBOOKS_DIR / name, as_version=4), browser_parameters(name)
+    nbformat.write(set_parameters(notebook, values) if values else notebook, copy)
     return str(copy.relative_to(PROJECT_ROOT))
 
 
@@ -275,11 +281,7 @@ def test_copies_change_only_the_parameters_they_name(name):
 def test_copies_share_no_port_or_directory_with_the_committed_notebooks():
     """Every port and build directory a parameters cell names is one the browser's copies replace."""
     for name in NOTEBOOKS:
-        (cell,) = [c for c in nbformat.read(NOTEBOOKS_DIR / name, as_version=4).cells
-                   if "parameters" in c.metadata.get("tags", [])]
-        committed = {}
-        exec(cell.source, committed)
-        shared = [key for key, value in committed.items()
+        shared = [key for key, value in committed_parameters(name).items()
                   if (key.endswith("_port") or key.endswith("_dir") and str(value).startswith("build/")
                       or key.endswith("ports_start")) and key not in OWN_PORTS_AND_DIRS]
         assert shared == [], f"{name}: add {shared} to OWN_PORTS_AND_DIRS"

@@ -24,14 +24,27 @@ own response (the bare servers and the peer run in their own processes: labtools
 
 Peer, KServe's Python ModelServer (V1 protocol, REST) running the same signature through the same
 SavedModelBundle, from the bench-only venv `make bench` creates (build/bench-venv):
-- peer_rest_b64_ratio: our REST b64 p50 / KServe's
-- peer_throughput_ratio: our REST b64 throughput at 16 clients / KServe's
+- peer_rest_b64_ratio: our REST b64 p50 / KServe's (batch-1 rounds)
+- peer_throughput_ratio_c1, _c4, _c16: our REST b64 throughput at 1, 4 and 16 clients / KServe's
+- peer_p50_ratio_c4, _c16: our p50 / KServe's in those same loads (at most 1: no worse)
 
-"In this process" uses the server's own loader (TF1 session, SavedModelBundle): the floor no
-server can beat. Batch-1 requests are interleaved round by round, so a noisy neighbour slows
-all paths alike; request bodies are built once, as a load generator would.
+The physical limit, at 16 clients:
+- throughput_ratio_c16_grpc: gRPC `serving_default` throughput / the same signature called in this process
+  from 16 threads
+- throughput_ratio_c16_rest: REST b64 `serving_preprocess` throughput / the same, in this process
+- throughput_ratio_c16: the lower of the two
 
-    python -m labtools bench [--requests 100] [--repeats 3]
+"In this process" uses the server's own loader (TF1 session, SavedModelBundle) with TensorFlow's own
+pool sizes: the floor no server can beat. Both servers, ours and the peer, run their Sessions with the
+pools `--intra-op-threads` and `--inter-op-threads` name (TF Serving's --tensorflow_intra_op_parallelism
+and --tensorflow_inter_op_parallelism; 0: TensorFlow's choice, one thread per core). The default, one
+intra-op thread, is what a serving process on few cores needs: its requests already run in parallel,
+and an op split across the cores leaves TensorFlow's idle pool threads spinning against the threads
+that read and write the requests. Batch-1 requests are interleaved round by round, so a noisy neighbour
+slows all paths alike; request bodies are built once, as a load generator would. Each ratio is printed as
+the median of the runs, then as its spread (lowest, highest).
+
+    python -m labtools bench [--requests 100] [--repeats 3] [--intra-op-threads 1] [--inter-op-threads 0]
 """
 
 import argparse
@@ -57,7 +70,7 @@ from utils.deploy import models_config, write_config
 from utils.errors import LabError
 from utils.images import IMAGES_DIR, get_image_list, load_batch, read_image_bytes
 from utils.labels import load_labels
-from utils.loadgen import GrpcPredictor, RestPredictor, p50_ms, run_load
+from utils.loadgen import GrpcPredictor, LoadResult, RestPredictor, p50_ms, run_load
 from utils.paths import BUILD_DIR
 from utils.payloads import PREPROCESS_SIGNATURE, b64_body, predict_request
 from utils.runtime.model_server_process import LocalModelServer, wait_until_available
@@ -71,11 +84,12 @@ BATCH_SIZE = 32
 HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION = "half_plus_two", 123
 FLOOR_ELEMENTS = 224 * 224 * 3  # one image's worth of floats
 CONCURRENT_CLIENTS = 16
+PEER_CLIENTS = (1, 4, CONCURRENT_CLIENTS)
 PEER_PYTHON = BUILD_DIR / "bench-venv" / "bin" / "python"
 READY_TIMEOUT = 180
 # The ratios `make bench` reported first, in their order; the floors' and the peer's follow.
 FIRST_RATIOS = ["grpc_overhead", "rest_b64_overhead", "rest_float_overhead", "batch_throughput_ratio",
-                "warm_first_request_ratio"]
+                "warm_first_request_ratio", "throughput_ratio_c16"]
 
 
 @dataclass
@@ -121,6 +135,12 @@ def exported_offline_model():
     return model.model_name, model.version, export_dir
 
 
+def pool_flags(args):
+    """TF Serving's flags for the sizes of TensorFlow's pools the bench's servers run with."""
+    return [f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
+            f"--tensorflow_inter_op_parallelism={args.inter_op_threads}"]
+
+
 @contextmanager
 def running_server(bench, *flags):
     """model_server serving the offline model and half_plus_two; (gRPC target, REST URL) while it runs."""
@@ -136,7 +156,7 @@ def running_server(bench, *flags):
     rest_url = f"http://127.0.0.1:{rest_port}"
     # Up to 32 clients wait in a batch at once, each on a gRPC thread: more than the default 4 per CPU.
     with LocalModelServer([f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--grpc_max_threads=64",
-                           f"--model_config_file={config_path}", *flags],
+                           f"--model_config_file={config_path}", *pool_flags(bench.args), *flags],
                           log_path=BENCH_DIR / "model_server.log") as server:
         for model_name, version in ((bench.model_name, bench.version), (HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION)):
             wait_until_available(rest_url, model_name, [version], timeout=READY_TIMEOUT, process=server.process)
@@ -161,7 +181,8 @@ def start_background(bench, grpc_target, floor_url):
     if not PEER_PYTHON.exists():
         print(f"No KServe peer: {PEER_PYTHON} is missing (make bench creates it).")
         return
-    background.peer = BenchServer("peer-kserve", PEER_PYTHON, [bench.export_dir], BENCH_DIR)
+    background.peer = BenchServer("peer-kserve", PEER_PYTHON, [bench.export_dir, bench.args.intra_op_threads,
+                                                               bench.args.inter_op_threads], BENCH_DIR)
     background.peer.start(READY_TIMEOUT)
 
 
@@ -181,16 +202,28 @@ def timed_rounds(paths, rounds, warmup):
     return timings
 
 
-def throughputs(paths, requests_per_path):
-    """{name: requests/s} at CONCURRENT_CLIENTS clients, one path after another (each after a warm-up)."""
+def loads_at(paths, requests_per_path, clients=CONCURRENT_CLIENTS):
+    """{name: LoadResult} at `clients` concurrent clients, one path after another (each after a warm-up)."""
     result = {}
     for name, call in paths.items():
-        run_load(call, CONCURRENT_CLIENTS, concurrency=CONCURRENT_CLIENTS)
-        load = run_load(call, requests_per_path, concurrency=CONCURRENT_CLIENTS, description=f"{name} load")
+        run_load(call, clients, concurrency=clients)
+        load = run_load(call, requests_per_path, concurrency=clients, description=f"{name} load, {clients} clients")
         if load.failures:
             raise SystemExit(f"{load.failures} {name} requests failed: {load.errors[:3]}")
-        result[name] = load.throughput
+        result[name] = load
     return result
+
+
+def alternated_loads(ours, theirs, requests_per_path, clients):
+    """{"rest_b64_preprocess": LoadResult, "kserve_rest_b64": LoadResult} at `clients` clients, each path's
+    requests sent in two halves in the order ours, theirs, theirs, ours, so that neither gains from going
+    first or last."""
+    calls = {"rest_b64_preprocess": ours, "kserve_rest_b64": theirs}
+    halves = {name: [] for name in calls}
+    for name in ("rest_b64_preprocess", "kserve_rest_b64", "kserve_rest_b64", "rest_b64_preprocess"):
+        halves[name].append(loads_at({name: calls[name]}, requests_per_path // 2, clients)[name])
+    return {name: LoadResult(latencies=first.latencies + second.latencies, elapsed=first.elapsed + second.elapsed)
+            for name, (first, second) in halves.items()}
 
 
 def main(argv=None):
@@ -203,11 +236,17 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="runs of every ratio; the median is reported")
     parser.add_argument("--warmup-iterations", type=int, default=1,
                         help="--num_request_iterations_for_warmup of the server (TF Serving's default: 1)")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="--tensorflow_intra_op_parallelism of both servers (0: TensorFlow's choice)")
+    parser.add_argument("--inter-op-threads", type=int, default=0,
+                        help="--tensorflow_inter_op_parallelism of both servers (0: TensorFlow's choice)")
     args = parser.parse_args(argv)
     if args.requests < 50:
         parser.error("--requests must be at least 50")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.intra_op_threads < 0 or args.inter_op_threads < 0:
+        parser.error("--intra-op-threads and --inter-op-threads must be 0 (TensorFlow's choice) or more")
 
     model_name, version, export_dir = exported_offline_model()
     image = load_batch([BENCH_IMAGE]).numpy()
@@ -236,8 +275,12 @@ def main(argv=None):
     keys = sorted(runs[0][1], key=lambda key: (key not in FIRST_RATIOS,
                                                FIRST_RATIOS.index(key) if key in FIRST_RATIOS else 0))
     medians = {key: round(statistics.median(run[1][key] for run in runs), 3) for key in keys}
+    spreads = {key: [min(run[1][key] for run in runs), max(run[1][key] for run in runs)] for key in keys}
     print(f"REST float body {len(json.dumps({'instances': image.tolist()})):,} bytes; b64 body "
           f"{len(json.dumps(bench.b64_body)):,} bytes; floor bodies: REST {len(bench.floor_body):,} bytes")
+    print(f"servers' TensorFlow pools: {' '.join(pool_flags(args))}")
+    print(f"spreads (lowest, highest) of {args.repeats} runs:")
+    print(json.dumps(spreads))
     print(f"medians of {args.repeats} runs:")
     print(json.dumps(medians))
 
@@ -279,15 +322,24 @@ def measure_run(bench):
             paths["kserve_rest_b64"] = client(RestPredictor(f"{background.peer.url}/v1/models/{PEER_MODEL}:predict",
                                                             bench.b64_body))
         timings = timed_rounds(paths, bench.args.requests, warmup=10)
-        loads = throughputs({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor",
-                                                            "rest_half_plus_two", "rest_bare_floor",
-                                                            "rest_b64_preprocess", "kserve_rest_b64") if name in paths},
-                            bench.args.load_requests)
+        loads = loads_at({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor", "rest_half_plus_two",
+                                                         "rest_bare_floor", "in_process_default", "grpc_default",
+                                                         "in_process_preprocess", "rest_b64_preprocess")},
+                         bench.args.load_requests)
+        peer_loads = {}
+        if "kserve_rest_b64" in paths:
+            for clients in PEER_CLIENTS:
+                peer_loads[clients] = alternated_loads(paths["rest_b64_preprocess"], paths["kserve_rest_b64"],
+                                                       bench.args.load_requests, clients)
     p50 = {name: p50_ms(values) for name, values in timings.items()}
     figures = {name: f"{name:24} p50 {value:8.2f} ms" for name, value in p50.items()}
-    figures.update({f"{name} load": f"{name:24} {value:8.1f} requests/s at {CONCURRENT_CLIENTS} clients"
-                    for name, value in loads.items()})
+    figures.update({f"{name} load": f"{name:24} {load.throughput:8.1f} requests/s at {CONCURRENT_CLIENTS} clients"
+                    for name, load in loads.items()})
+    figures.update({f"{name} load {clients}": f"{name:24} {load.throughput:8.1f} requests/s, p50 "
+                                              f"{load.percentile_ms(50):7.1f} ms at {clients} clients"
+                    for clients, by_name in peer_loads.items() for name, load in by_name.items()})
     figures["first"] = f"first request after warmup {first_request * 1000:.2f} ms"
+    throughput = {name: load.throughput for name, load in loads.items()}
     ratios = {
         "grpc_overhead": p50["grpc_default"] / p50["in_process_default"],
         "rest_b64_overhead": p50["rest_b64_preprocess"] / p50["in_process_preprocess"],
@@ -295,12 +347,19 @@ def measure_run(bench):
         "warm_first_request_ratio": first_request * 1000 / p50["grpc_default"],
         "grpc_floor_ratio": p50["grpc_half_plus_two"] / p50["grpc_bare_floor"],
         "rest_floor_ratio": p50["rest_half_plus_two"] / p50["rest_bare_floor"],
-        "grpc_floor_throughput_ratio": loads["grpc_half_plus_two"] / loads["grpc_bare_floor"],
-        "rest_floor_throughput_ratio": loads["rest_half_plus_two"] / loads["rest_bare_floor"],
+        "grpc_floor_throughput_ratio": throughput["grpc_half_plus_two"] / throughput["grpc_bare_floor"],
+        "rest_floor_throughput_ratio": throughput["rest_half_plus_two"] / throughput["rest_bare_floor"],
+        "throughput_ratio_c16_grpc": throughput["grpc_default"] / throughput["in_process_default"],
+        "throughput_ratio_c16_rest": throughput["rest_b64_preprocess"] / throughput["in_process_preprocess"],
     }
+    ratios["throughput_ratio_c16"] = min(ratios["throughput_ratio_c16_grpc"], ratios["throughput_ratio_c16_rest"])
     if "kserve_rest_b64" in p50:
         ratios["peer_rest_b64_ratio"] = p50["rest_b64_preprocess"] / p50["kserve_rest_b64"]
-        ratios["peer_throughput_ratio"] = loads["rest_b64_preprocess"] / loads["kserve_rest_b64"]
+        for clients, by_name in peer_loads.items():
+            ours, theirs = by_name["rest_b64_preprocess"], by_name["kserve_rest_b64"]
+            ratios[f"peer_throughput_ratio_c{clients}"] = ours.throughput / theirs.throughput
+            if clients > 1:
+                ratios[f"peer_p50_ratio_c{clients}"] = ours.percentile_ms(50) / theirs.percentile_ms(50)
     return figures, {key: round(value, 3) for key, value in ratios.items()}
 
 

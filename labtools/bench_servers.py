@@ -64,8 +64,9 @@ def serve_rest_floor(port, body_path):
     web.run_app(app, host="127.0.0.1", port=int(port), access_log=None, print=None)
 
 
-def serve_kserve_peer(port, export_dir):
-    """KServe's ModelServer (V1 REST) running `serving_preprocess` on b64 JPEGs through SavedModelBundle."""
+def serve_kserve_peer(port, export_dir, intra_op_threads="0", inter_op_threads="0"):
+    """KServe's ModelServer (V1 REST) running `serving_preprocess` on b64 JPEGs through SavedModelBundle, its
+    TensorFlow pools sized as model_server's are (0: TensorFlow's choice)."""
     import asyncio
     import base64
 
@@ -78,7 +79,7 @@ def serve_kserve_peer(port, export_dir):
     class BundleModel(kserve.Model):
         def __init__(self, name):
             super().__init__(name)
-            self.bundle = SavedModelBundle(export_dir)
+            self.bundle = SavedModelBundle(export_dir, int(intra_op_threads), int(inter_op_threads))
             self.ready = True
 
         async def predict(self, payload, headers=None):

@@ -1,6 +1,8 @@
-"""`make bench`'s own servers (labtools.bench_servers): started as the bench starts them, each answers what
-it was canned with, and one that exits fails its start at once."""
+"""`make bench`: its own servers (labtools.bench_servers), started as the bench starts them, each answer what
+they were canned with, and one that exits fails its start at once; bad settings are refused before anything
+starts, and the servers' pool sizes reach them as TF Serving's flags."""
 
+import argparse
 import json
 import sys
 
@@ -9,7 +11,9 @@ import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from labtools import bench
 from labtools.bench_servers import BenchServer
+from model_server.cli import parse_flags
 from utils.errors import LabError
 from utils.payloads import predict_request
 
@@ -54,3 +58,22 @@ def test_a_bench_server_that_exits_fails_its_start_naming_its_log(tmp_path):
             server.start(START_TIMEOUT)
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--requests", "10"], "--requests must be at least 50"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--intra-op-threads", "-1"], "must be 0 (TensorFlow's choice) or more"),
+    (["--inter-op-threads", "-2"], "must be 0 (TensorFlow's choice) or more"),
+])
+def test_bench_refuses_bad_settings_in_one_sentence_before_starting_anything(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench.main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_servers_pool_sizes_are_tf_servings_own_flags():
+    args = argparse.Namespace(intra_op_threads=1, inter_op_threads=0)
+    options = parse_flags(["--model_base_path=/m", *bench.pool_flags(args)])
+    assert (options.tensorflow_intra_op_parallelism, options.tensorflow_inter_op_parallelism) == (1, 0)

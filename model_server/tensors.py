@@ -74,12 +74,13 @@ def _parsing_error(alias):
     return invalid_argument(f"tensor parsing error: {alias}")
 
 
-def element_count(proto, alias, max_elements):
+def element_count(proto, alias, max_elements, tensor_content):
     """The elements a request's TensorProto claims, checked as Tensor::FromProto checks it.
 
     INVALID_ARGUMENT "tensor parsing error: <alias>" (TF Serving's message) for a shape
-    TensorShape::IsValid refuses, a dtype that cannot be built, or a `tensor_content` whose
-    length is not elements x dtype size; RESOURCE_EXHAUSTED past `max_elements`. Allocates nothing.
+    TensorShape::IsValid refuses, a dtype that cannot be built, or a `tensor_content` (the proto's,
+    read once by the caller) whose length is not elements x dtype size; RESOURCE_EXHAUSTED past
+    `max_elements`. Allocates nothing.
     """
     dims = proto.tensor_shape.dim
     if len(dims) > MAX_DIMS or proto.dtype not in VALUE_FIELDS:
@@ -94,10 +95,10 @@ def element_count(proto, alias, max_elements):
         raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"tensor parsing error: {alias}: shape [{shape}] has {elements} elements, more than the "
                            f"{max_elements} this server accepts (--max_request_tensor_elements)")
-    if proto.tensor_content and elements:
+    if tensor_content and elements:
         if proto.dtype == types_pb2.DT_STRING:  # TF's varint-prefixed string encoding: not read here
             raise _parsing_error(alias)
-        if len(proto.tensor_content) != elements * tf.dtypes.as_dtype(proto.dtype).size:
+        if len(tensor_content) != elements * tf.dtypes.as_dtype(proto.dtype).size:
             raise _parsing_error(alias)
     return elements
 
@@ -110,18 +111,25 @@ def tensors_from_protos(protos, max_elements):
     tf.make_ndarray); values past the shape's element count are ignored, and so is
     `tensor_content` when the shape has no elements, as in TensorFlow.
     """
-    counts = {alias: element_count(proto, alias, max_elements) for alias, proto in protos.items()}
+    # Each read of a proto's bytes field copies it: `tensor_content` (an image is 602 KB) is read once.
+    contents = {alias: proto.tensor_content for alias, proto in protos.items()}
+    counts = {alias: element_count(proto, alias, max_elements, contents[alias]) for alias, proto in protos.items()}
     total = sum(counts.values())
     if total > max_elements:
         raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"Request tensors have {total} elements in all, more than the {max_elements} this server "
                            f"accepts (--max_request_tensor_elements)")
-    return {alias: _build(proto, alias, counts[alias]) for alias, proto in protos.items()}
+    return {alias: _build(proto, alias, counts[alias], contents[alias]) for alias, proto in protos.items()}
 
 
-def _build(proto, alias, elements):
+def _build(proto, alias, elements, tensor_content):
     """tf.make_ndarray, on what Tensor::FromProto reads: nothing when the shape has no elements,
-    else `tensor_content` if set, else the typed field's first `elements` values."""
+    else `tensor_content` if set (read in place, as make_ndarray reads it but without its copy: the
+    array is read-only, and the Session copies what it feeds), else the typed field's first
+    `elements` values."""
+    if tensor_content and elements:  # its length was checked against the shape
+        return np.frombuffer(tensor_content, dtype=tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype).reshape(
+            [dim.size for dim in proto.tensor_shape.dim])
     field = VALUE_FIELDS[proto.dtype]
     limit = elements * (2 if proto.dtype in _COMPLEX else 1)
     if not elements:
@@ -177,9 +185,10 @@ def tensor_to_proto(array, proto, as_tensor_content=False):
         flat = flat.view(_COMPLEX[proto.dtype])  # real and imaginary parts, interleaved
     elif field == "int_val":
         flat = flat.astype(np.int32)
-    if field in _PACKED_AS_BYTES:
-        payload = flat.astype(_PACKED_AS_BYTES[field], copy=False).tobytes()
-        proto.MergeFromString(_varint((_FIELD_NUMBERS[field] << 3) | 2) + _varint(len(payload)) + payload)
+    if field in _PACKED_AS_BYTES:  # the values' own buffer joined to the field's header: one copy
+        values = np.ascontiguousarray(flat.astype(_PACKED_AS_BYTES[field], copy=False))
+        proto.MergeFromString(b"".join((_varint((_FIELD_NUMBERS[field] << 3) | 2), _varint(values.nbytes),
+                                        values.data)))
         return proto
     values = getattr(proto, field)
     for start in range(0, flat.size, _CHUNK):

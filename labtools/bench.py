@@ -21,6 +21,9 @@ own response (the bare servers and the peer run in their own processes: labtools
 - rest_floor_ratio: the same over REST / a bare aiohttp handler
 - grpc_floor_throughput_ratio, rest_floor_throughput_ratio: throughput at 16 concurrent clients,
   model_server / the bare server
+- rest_b64_limit: the lowest rest_b64_overhead any server could reach with this client on this machine:
+  (in-process p50 + p50 of a bare aiohttp handler answering the same b64 request with model_server's
+  response) / in-process p50
 
 Peer, KServe's Python ModelServer (V1 protocol, REST) running the same signature through the same
 SavedModelBundle, from the bench-only venv `make bench` creates (build/bench-venv):
@@ -90,8 +93,8 @@ PEER_CLIENTS = (1, 4, CONCURRENT_CLIENTS)
 PEER_PYTHON = BUILD_DIR / "bench-venv" / "bin" / "python"
 READY_TIMEOUT = 180
 # The ratios `make bench` reported first, in their order; the floors' and the peer's follow.
-FIRST_RATIOS = ["grpc_overhead", "rest_b64_overhead", "rest_float_overhead", "batch_throughput_ratio",
-                "warm_first_request_ratio", "throughput_ratio_c16"]
+FIRST_RATIOS = ["grpc_overhead", "rest_b64_overhead", "rest_b64_limit", "rest_float_overhead",
+                "batch_throughput_ratio", "warm_first_request_ratio", "throughput_ratio_c16"]
 
 
 @dataclass
@@ -100,10 +103,11 @@ class Background:
 
     grpc_floor: BenchServer | None = None
     rest_floor: BenchServer | None = None
+    rest_b64_floor: BenchServer | None = None
     peer: BenchServer | None = None  # None without the bench venv
 
     def stop(self):
-        for server in (self.grpc_floor, self.rest_floor, self.peer):
+        for server in (self.grpc_floor, self.rest_floor, self.rest_b64_floor, self.peer):
             if server is not None:
                 server.stop()
 
@@ -166,7 +170,7 @@ def running_server(bench, *flags):
         yield f"127.0.0.1:{grpc_port}", rest_url
 
 
-def start_background(bench, grpc_target, floor_url):
+def start_background(bench, grpc_target, floor_url, predict_url):
     """The bare gRPC and REST floors, canned with model_server's answers, and the KServe peer if installed."""
     grpc_response, rest_response = BENCH_DIR / "floor-response.pb", BENCH_DIR / "floor-response.json"
     with grpc.insecure_channel(grpc_target, options=CHANNEL_OPTIONS) as channel:
@@ -181,6 +185,11 @@ def start_background(bench, grpc_target, floor_url):
     background.grpc_floor.start(READY_TIMEOUT)
     background.rest_floor = BenchServer("floor-rest", sys.executable, [rest_response], BENCH_DIR)
     background.rest_floor.start(READY_TIMEOUT)
+    b64_response = BENCH_DIR / "b64-response.json"
+    with closing(RestPredictor(predict_url, bench.b64_body)) as rest_client:
+        b64_response.write_bytes(rest_client().content)
+    background.rest_b64_floor = BenchServer("floor-rest", sys.executable, [b64_response], BENCH_DIR, "floor-rest-b64")
+    background.rest_b64_floor.start(READY_TIMEOUT)
     if not PEER_PYTHON.exists():
         print(f"No KServe peer: {PEER_PYTHON} is missing (make bench creates it).")
         return
@@ -316,7 +325,7 @@ def measure_run(bench):
         grpc_floor_ours = client(GrpcPredictor(grpc_target, HALF_PLUS_TWO, "serving_default",
                                                {"x": floor_input})).connect()
         if bench.background.grpc_floor is None:
-            start_background(bench, grpc_target, floor_url)
+            start_background(bench, grpc_target, floor_url, predict_url)
         background = bench.background
         in_process = in_process_paths(bench)
         paths = {
@@ -330,6 +339,8 @@ def measure_run(bench):
             "rest_half_plus_two": client(RestPredictor(floor_url, floor_body)),
             "rest_bare_floor": client(RestPredictor(f"{background.rest_floor.url}/v1/models/{HALF_PLUS_TWO}:predict",
                                                     floor_body)),
+            "rest_b64_bare_floor": client(RestPredictor(
+                f"{background.rest_b64_floor.url}/v1/models/{bench.model_name}:predict", bench.b64_body)),
         }
         if background.peer is not None:
             paths["kserve_rest_b64"] = client(RestPredictor(f"{background.peer.url}/v1/models/{PEER_MODEL}:predict",
@@ -364,6 +375,7 @@ def measure_run(bench):
         "warm_first_request_ratio": first_request * 1000 / p50["grpc_default"],
         "grpc_floor_ratio": p50["grpc_half_plus_two"] / p50["grpc_bare_floor"],
         "rest_floor_ratio": p50["rest_half_plus_two"] / p50["rest_bare_floor"],
+        "rest_b64_limit": 1 + p50["rest_b64_bare_floor"] / p50["best_in_process_preprocess"],
         "grpc_floor_throughput_ratio": throughput["grpc_half_plus_two"] / throughput["grpc_bare_floor"],
         "rest_floor_throughput_ratio": throughput["rest_half_plus_two"] / throughput["rest_bare_floor"],
         "throughput_ratio_c16_grpc": throughput["grpc_default"] / throughput["best_in_process_default"],

@@ -5,7 +5,7 @@
 - peer-kserve: KServe's Python ModelServer (V1 REST) running `serving_preprocess` on b64 JPEGs through
   model_server's SavedModelBundle, from the bench-only venv (build/bench-venv).
 
-`BenchServer(kind, python, arguments, log_dir).start()` runs one with `python` (a ManagedServer: recorded in
+`BenchServer(kind, python, arguments, log_dir, name=kind).start()` runs one with `python` (a ManagedServer: recorded in
 build/run/, stopped with its starter) and returns once it answers:
 
     python -m labtools.bench_servers <kind> <port> <argument>
@@ -107,11 +107,12 @@ class BenchServer(ManagedServer):
     `start` returns once it answers; a LabError if it exits first (its log is in `log_dir`).
     """
 
-    def __init__(self, kind, python, arguments, log_dir):
-        self.kind, self.port, ready_path = f"bench {kind}", free_port(), SERVERS[kind][1]
+    def __init__(self, kind, python, arguments, log_dir, name=None):
+        name = name or kind  # names the log: two servers of one kind need two names
+        self.kind, self.port, ready_path = f"bench {name}", free_port(), SERVERS[kind][1]
         self.ready_url = None if ready_path is None else f"{self.url}{ready_path}"
-        super().__init__([python, "-m", "labtools.bench_servers", kind, self.port, *arguments], {kind: self.port},
-                         Path(log_dir) / f"{kind}.log",
+        super().__init__([python, "-m", "labtools.bench_servers", kind, self.port, *arguments], {name: self.port},
+                         Path(log_dir) / f"{name}.log",
                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
 
     @property

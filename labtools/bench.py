@@ -31,6 +31,9 @@ SavedModelBundle, from the bench-only venv `make bench` creates (build/bench-ven
 - peer_rest_b64_ratio: our REST b64 p50 / KServe's (batch-1 rounds)
 - peer_throughput_ratio_c1, _c4, _c16: our REST b64 throughput at 1, 4 and 16 clients / KServe's
 - peer_p50_ratio_c4, _c16: our p50 / KServe's in those same loads (at most 1: no worse)
+- peer_cpu_ratio_c16: CPU time our server spent per request at 16 clients / KServe's (processes and their
+  children), the cost that decides throughput once the cores are busy; the in-process CPU per request
+  (`serving_preprocess` from 16 threads, TensorFlow's work alone) is printed beside them
 
 The physical limit, at 16 clients:
 - throughput_ratio_c16_grpc: gRPC `serving_default` throughput / the same signature called in this process
@@ -38,10 +41,10 @@ The physical limit, at 16 clients:
 - throughput_ratio_c16_rest: REST b64 `serving_preprocess` throughput / the same, in this process
 - throughput_ratio_c16: the lower of the two
 
-"In this process" uses the server's own loader (TF1 session, SavedModelBundle), once with TensorFlow's own
-pool sizes and once with the servers'; each figure takes the better of the two: the floor no server can
-beat. Both servers, ours and the peer, run their Sessions with the pools `--intra-op-threads` and
-`--inter-op-threads` name (TF Serving's --tensorflow_intra_op_parallelism
+"In this process" uses the server's own loader (TF1 session, SavedModelBundle) with the servers' pool sizes:
+the floor no server can beat. (TensorFlow sizes its CPU pools once per process, for its first device, so the
+bench sizes them before anything runs on TensorFlow.) Both servers, ours and the peer, run their Sessions
+with the pools `--intra-op-threads` and `--inter-op-threads` name (TF Serving's --tensorflow_intra_op_parallelism
 and --tensorflow_inter_op_parallelism; 0: TensorFlow's choice, one thread per core). The default, one
 intra-op thread, is what a serving process on few cores needs: its requests already run in parallel,
 and an op split across the cores leaves TensorFlow's idle pool threads spinning against the threads
@@ -65,6 +68,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
+import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tqdm import tqdm
 
@@ -117,15 +122,14 @@ class Background:
 
 @dataclass
 class Bench:
-    """What every run shares: the settings, the model and its in-process bundles (TensorFlow's pools first,
-    then the servers' unless they are the same), the inputs and request bodies (built once, as a load
-    generator would), and the background servers."""
+    """What every run shares: the settings, the model and its in-process bundle (with the servers' pools), the
+    inputs and request bodies (built once, as a load generator would), and the background servers."""
 
     args: argparse.Namespace
     model_name: str
     version: int
     export_dir: Path
-    bundles: list
+    bundle: SavedModelBundle
     image: np.ndarray  # one preprocessed image, batch 1
     raw: np.ndarray  # the same image as JPEG bytes: serving_preprocess's input
     b64_body: dict  # the JPEG as a REST body for serving_preprocess
@@ -153,7 +157,8 @@ def pool_flags(args):
 
 @contextmanager
 def running_server(bench, *flags):
-    """model_server serving the offline model and half_plus_two; (gRPC target, REST URL) while it runs."""
+    """model_server serving the offline model and half_plus_two; (gRPC target, REST URL, its process) while it
+    runs."""
     from labtools.testdata import ensure_testdata
 
     config = models_config(bench.model_name, bench.export_dir.parent, [bench.version])
@@ -170,7 +175,7 @@ def running_server(bench, *flags):
                           log_path=BENCH_DIR / "model_server.log") as server:
         for model_name, version in ((bench.model_name, bench.version), (HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION)):
             wait_until_available(rest_url, model_name, [version], timeout=READY_TIMEOUT, process=server.process)
-        yield f"127.0.0.1:{grpc_port}", rest_url
+        yield f"127.0.0.1:{grpc_port}", rest_url, psutil.Process(server.process.pid)
 
 
 def start_background(bench, grpc_target, floor_url, predict_url):
@@ -217,28 +222,45 @@ def timed_rounds(paths, rounds, warmup):
     return timings
 
 
-def loads_at(paths, requests_per_path, clients=CONCURRENT_CLIENTS):
-    """{name: LoadResult} at `clients` concurrent clients, one path after another (each after a warm-up)."""
-    result = {}
+def loads_at(paths, requests_per_path, clients=CONCURRENT_CLIENTS, processes=None):
+    """{name: LoadResult} at `clients` concurrent clients, one path after another (each after a warm-up), and
+    {name: CPU seconds} that the psutil.Process `processes` names for a path spent in its timed requests."""
+    result, cpu = {}, {}
     for name, call in paths.items():
         run_load(call, clients, concurrency=clients)
+        process = (processes or {}).get(name)
+        started = cpu_seconds(process) if process else 0.0
         load = run_load(call, requests_per_path, concurrency=clients, description=f"{name} load, {clients} clients")
+        if process:
+            cpu[name] = cpu_seconds(process) - started
         if load.failures:
             raise SystemExit(f"{load.failures} {name} requests failed: {load.errors[:3]}")
         result[name] = load
-    return result
+    return result, cpu
 
 
-def alternated_loads(ours, theirs, requests_per_path, clients):
-    """{"rest_b64_preprocess": LoadResult, "kserve_rest_b64": LoadResult} at `clients` clients, each path's
-    requests sent in two halves in the order ours, theirs, theirs, ours, so that neither gains from going
-    first or last."""
+def cpu_seconds(process):
+    """CPU time (user and system) of a psutil.Process and its children so far."""
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def alternated_loads(ours, theirs, requests_per_path, clients, processes):
+    """({name: LoadResult}, {name: CPU seconds of its server}) for "rest_b64_preprocess" and "kserve_rest_b64"
+    at `clients` clients, each path's requests sent in two halves in the order ours, theirs, theirs, ours, so
+    that neither gains from going first or last; `processes` are their servers' psutil.Processes."""
     calls = {"rest_b64_preprocess": ours, "kserve_rest_b64": theirs}
-    halves = {name: [] for name in calls}
+    halves, cpu = {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
     for name in ("rest_b64_preprocess", "kserve_rest_b64", "kserve_rest_b64", "rest_b64_preprocess"):
-        halves[name].append(loads_at({name: calls[name]}, requests_per_path // 2, clients)[name])
-    return {name: LoadResult(latencies=first.latencies + second.latencies, elapsed=first.elapsed + second.elapsed)
-            for name, (first, second) in halves.items()}
+        loads, spent = loads_at({name: calls[name]}, requests_per_path // 2, clients, processes)
+        halves[name].append(loads[name])
+        cpu[name] += spent[name]
+    loads = {name: LoadResult(latencies=first.latencies + second.latencies, elapsed=first.elapsed + second.elapsed)
+             for name, (first, second) in halves.items()}
+    return loads, cpu
 
 
 def main(argv=None):
@@ -263,15 +285,17 @@ def main(argv=None):
     if args.intra_op_threads < 0 or args.inter_op_threads < 0:
         parser.error("--intra-op-threads and --inter-op-threads must be 0 (TensorFlow's choice) or more")
 
+    # TensorFlow sizes its CPU pools once per process, when its first device is made (an eager op or a
+    # Session): size them now, before the export or the images run an op, so the bundle runs as the servers do.
+    tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     model_name, version, export_dir = exported_offline_model()
     image = load_batch([BENCH_IMAGE]).numpy()
     jpeg = read_image_bytes(BENCH_IMAGE)
     floor_input = image.reshape(FLOOR_ELEMENTS, 1)
     try:
-        with ExitStack() as stack:
-            pools = list(dict.fromkeys([(0, 0), (args.intra_op_threads, args.inter_op_threads)]))
-            bundles = [stack.enter_context(closing(SavedModelBundle(export_dir, *sizes))) for sizes in pools]
-            bench = Bench(args, model_name, version, export_dir, bundles, image, raw=np.array([jpeg], dtype=object),
+        with closing(SavedModelBundle(export_dir, args.intra_op_threads, args.inter_op_threads)) as bundle:
+            bench = Bench(args, model_name, version, export_dir, bundle, image, raw=np.array([jpeg], dtype=object),
                           b64_body=b64_body([jpeg], PREPROCESS_SIGNATURE), floor_input=floor_input,
                           floor_body=json.dumps({"instances": floor_input.tolist()}).encode())
             try:
@@ -302,20 +326,11 @@ def main(argv=None):
     print(json.dumps(medians))
 
 
-def in_process_paths(bench):
-    """{name: call} running both signatures in this process, on each bundle (`_servers_pools`: the second)."""
-    paths = {}
-    for bundle, suffix in zip(bench.bundles, ("", "_servers_pools")):
-        paths[f"in_process_default{suffix}"] = partial(bundle.run, "serving_default", {"x": bench.image})
-        paths[f"in_process_preprocess{suffix}"] = partial(bundle.run, "serving_preprocess", {"raw_images": bench.raw})
-    return paths
-
-
 def measure_run(bench):
     """One run of the batch-1, floor and peer figures: ({name: printed line}, {ratio: value})."""
     image, raw, floor_input, floor_body = bench.image, bench.raw, bench.floor_input, bench.floor_body
     warmup_flag = f"--num_request_iterations_for_warmup={bench.args.warmup_iterations}"
-    with running_server(bench, warmup_flag) as (grpc_target, rest_url), ExitStack() as clients:
+    with running_server(bench, warmup_flag) as (grpc_target, rest_url, server_process), ExitStack() as clients:
         def client(predictor):
             return clients.enter_context(closing(predictor))
 
@@ -330,9 +345,9 @@ def measure_run(bench):
         if bench.background.grpc_floor is None:
             start_background(bench, grpc_target, floor_url, predict_url)
         background = bench.background
-        in_process = in_process_paths(bench)
         paths = {
-            **in_process,
+            "in_process_default": partial(bench.bundle.run, "serving_default", {"x": image}),
+            "in_process_preprocess": partial(bench.bundle.run, "serving_preprocess", {"raw_images": raw}),
             "grpc_default": grpc_default,
             "rest_b64_preprocess": client(RestPredictor(predict_url, bench.b64_body)),
             "rest_float_default": client(RestPredictor(predict_url, {"instances": image.tolist()})),
@@ -349,15 +364,20 @@ def measure_run(bench):
             paths["kserve_rest_b64"] = client(RestPredictor(f"{background.peer.url}/v1/models/{PEER_MODEL}:predict",
                                                             bench.b64_body))
         timings = timed_rounds(paths, bench.args.requests, warmup=10)
-        loads = loads_at({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor", "rest_half_plus_two",
-                                                         "rest_bare_floor", *in_process, "grpc_default",
-                                                         "rest_b64_preprocess")},
-                         bench.args.load_requests)
-        peer_loads = {}
+        loads, in_process_cpu = loads_at(
+            {name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor", "rest_half_plus_two",
+                                            "rest_bare_floor", "in_process_default", "in_process_preprocess",
+                                            "grpc_default", "rest_b64_preprocess")},
+            bench.args.load_requests,
+            processes={"in_process_preprocess": psutil.Process()})
+        peer_loads, peer_cpu = {}, {}
         if "kserve_rest_b64" in paths:
+            processes = {"rest_b64_preprocess": server_process,
+                         "kserve_rest_b64": psutil.Process(background.peer.process.pid)}
             for clients in PEER_CLIENTS:
-                peer_loads[clients] = alternated_loads(paths["rest_b64_preprocess"], paths["kserve_rest_b64"],
-                                                       bench.args.load_requests, clients)
+                peer_loads[clients], peer_cpu[clients] = alternated_loads(
+                    paths["rest_b64_preprocess"], paths["kserve_rest_b64"], bench.args.load_requests, clients,
+                    processes)
     p50 = {name: p50_ms(values) for name, values in timings.items()}
     figures = {name: f"{name:24} p50 {value:8.2f} ms" for name, value in p50.items()}
     figures.update({f"{name} load": f"{name:24} {load.throughput:8.1f} requests/s at {CONCURRENT_CLIENTS} clients"
@@ -365,24 +385,26 @@ def measure_run(bench):
     figures.update({f"{name} load {clients}": f"{name:24} {load.throughput:8.1f} requests/s, p50 "
                                               f"{load.percentile_ms(50):7.1f} ms at {clients} clients"
                     for clients, by_name in peer_loads.items() for name, load in by_name.items()})
+    if peer_cpu:
+        timed = {**peer_loads[CONCURRENT_CLIENTS], **loads}
+        spent = {**peer_cpu[CONCURRENT_CLIENTS], **in_process_cpu}
+        per_request = {name: seconds * 1000 / timed[name].sent for name, seconds in spent.items()}
+        figures["cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients: " +
+                          ", ".join(f"{name} {value:.2f} ms" for name, value in per_request.items()))
     figures["first"] = f"first request after warmup {first_request * 1000:.2f} ms"
     throughput = {name: load.throughput for name, load in loads.items()}
-    for signature in ("default", "preprocess"):  # the better of the in-process pools
-        names = [name for name in in_process if name.startswith(f"in_process_{signature}")]
-        p50[f"best_in_process_{signature}"] = min(p50[name] for name in names)
-        throughput[f"best_in_process_{signature}"] = max(throughput[name] for name in names)
     ratios = {
-        "grpc_overhead": p50["grpc_default"] / p50["best_in_process_default"],
-        "rest_b64_overhead": p50["rest_b64_preprocess"] / p50["best_in_process_preprocess"],
-        "rest_float_overhead": p50["rest_float_default"] / p50["best_in_process_default"],
+        "grpc_overhead": p50["grpc_default"] / p50["in_process_default"],
+        "rest_b64_overhead": p50["rest_b64_preprocess"] / p50["in_process_preprocess"],
+        "rest_float_overhead": p50["rest_float_default"] / p50["in_process_default"],
         "warm_first_request_ratio": first_request * 1000 / p50["grpc_default"],
         "grpc_floor_ratio": p50["grpc_half_plus_two"] / p50["grpc_bare_floor"],
         "rest_floor_ratio": p50["rest_half_plus_two"] / p50["rest_bare_floor"],
-        "rest_b64_limit": 1 + p50["rest_b64_bare_floor"] / p50["best_in_process_preprocess"],
+        "rest_b64_limit": 1 + p50["rest_b64_bare_floor"] / p50["in_process_preprocess"],
         "grpc_floor_throughput_ratio": throughput["grpc_half_plus_two"] / throughput["grpc_bare_floor"],
         "rest_floor_throughput_ratio": throughput["rest_half_plus_two"] / throughput["rest_bare_floor"],
-        "throughput_ratio_c16_grpc": throughput["grpc_default"] / throughput["best_in_process_default"],
-        "throughput_ratio_c16_rest": throughput["rest_b64_preprocess"] / throughput["best_in_process_preprocess"],
+        "throughput_ratio_c16_grpc": throughput["grpc_default"] / throughput["in_process_default"],
+        "throughput_ratio_c16_rest": throughput["rest_b64_preprocess"] / throughput["in_process_preprocess"],
     }
     ratios["throughput_ratio_c16"] = min(ratios["throughput_ratio_c16_grpc"], ratios["throughput_ratio_c16_rest"])
     if "kserve_rest_b64" in p50:
@@ -392,11 +414,12 @@ def measure_run(bench):
             ratios[f"peer_throughput_ratio_c{clients}"] = ours.throughput / theirs.throughput
             if clients > 1:
                 ratios[f"peer_p50_ratio_c{clients}"] = ours.percentile_ms(50) / theirs.percentile_ms(50)
+        ratios["peer_cpu_ratio_c16"] = per_request["rest_b64_preprocess"] / per_request["kserve_rest_b64"]
     return figures, {key: round(value, 3) for key, value in ratios.items()}
 
 
 def measure_batching(bench):
-    """Per repeat: in-process batch-32 throughput from BATCH_THREADS threads (the better of the bundles), then
+    """Per repeat: in-process batch-32 throughput from BATCH_THREADS threads, then
     the server batching 32 concurrent batch-1 clients on BATCH_THREADS batch threads."""
     batch = np.repeat(bench.image, BATCH_SIZE, axis=0)
     batching = BatchingParameters()
@@ -409,16 +432,14 @@ def measure_batching(bench):
     batching_path = BENCH_DIR / "batching.config"
     write_config(batching, batching_path)
     rounds, runs = bench.args.batch_rounds, []
-    batch_calls = [partial(bundle.run, "serving_default", {"x": batch}) for bundle in bench.bundles]
+    in_process_batch = partial(bench.bundle.run, "serving_default", {"x": batch})
     flags = ["--enable_batching", f"--batching_parameters_file={batching_path}"]
-    with running_server(bench, *flags) as (grpc_target, _), \
+    with running_server(bench, *flags) as (grpc_target, _, _), \
             closing(GrpcPredictor(grpc_target, bench.model_name, "serving_default", {"x": bench.image})) as client:
         run_load(client, BATCH_SIZE * 3, concurrency=BATCH_SIZE)
         for _ in range(bench.args.repeats):
-            in_process = 0.0
-            for call in batch_calls:
-                run_load(call, BATCH_THREADS * 2, concurrency=BATCH_THREADS)
-                in_process = max(in_process, BATCH_SIZE * run_load(call, rounds, concurrency=BATCH_THREADS).throughput)
+            run_load(in_process_batch, BATCH_THREADS * 2, concurrency=BATCH_THREADS)
+            in_process = BATCH_SIZE * run_load(in_process_batch, rounds, concurrency=BATCH_THREADS).throughput
             served = run_load(client, BATCH_SIZE * rounds, concurrency=BATCH_SIZE,
                               description="batched load")
             if served.failures:

@@ -62,6 +62,11 @@ def tier(item):
 # whole on whichever worker is free. The two notebook groups are the longest: they go first, so neither
 # waits behind the short ones.
 LONGEST_GROUPS = ["browser", "notebook"]
+# Then the modules that run longest (over 20 s each in one `make test`, 2026-12-06), longest first: in file
+# order, test_server_lifecycle (about 120 s) started near the end and left the other worker idle for about
+# 50 s of 760.
+LONG_MODULES = ["test_server_lifecycle", "test_production", "test_backend_processes", "test_lab_configs",
+                "test_scale_out", "test_processes", "test_server_hardening"]
 
 
 def group_of(path):
@@ -75,8 +80,10 @@ def pytest_collection_modifyitems(items):
         name = tier(item)
         if not any(item.iter_markers(name=name)):
             item.add_marker(name)
-    first = {group: rank for rank, group in enumerate(LONGEST_GROUPS)}
-    items.sort(key=lambda item: first.get(group_of(item.fspath), len(first)))  # stable: groups keep their order
+    rank = {group: index for index, group in enumerate(LONGEST_GROUPS)}
+    rank.update({module: len(LONGEST_GROUPS) + index for index, module in enumerate(LONG_MODULES)})
+    # A stable sort: every group keeps its own order.
+    items.sort(key=lambda item: rank.get(group_of(item.fspath), rank.get(Path(str(item.fspath)).stem, len(rank))))
 
 
 def pytest_xdist_make_scheduler(config, log):

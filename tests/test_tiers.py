@@ -1,6 +1,6 @@
 """The test tiers (issue 19): `make test-fast` runs unit and server; `make test` adds notebook and browser."""
 
-from conftest import BROWSER_MODULES, PROJECT_ROOT, SERVER_MODULES, STARTS_A_SERVER, module_tier
+from conftest import BROWSER_MODULES, LONG_MODULES, PROJECT_ROOT, SERVER_MODULES, STARTS_A_SERVER, module_tier
 
 TESTS_DIR = PROJECT_ROOT / "tests"
 
@@ -8,6 +8,7 @@ TESTS_DIR = PROJECT_ROOT / "tests"
 def test_every_tiered_module_exists():
     modules = {path.stem for path in TESTS_DIR.glob("test_*.py")}
     assert (SERVER_MODULES | BROWSER_MODULES) - modules == set()
+    assert set(LONG_MODULES) - modules == set(), "a long module scheduled first no longer exists"
 
 
 def test_every_module_that_starts_a_model_server_is_in_the_server_tier():

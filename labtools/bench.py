@@ -178,25 +178,28 @@ def running_server(bench, *flags):
         yield f"127.0.0.1:{grpc_port}", rest_url, psutil.Process(server.process.pid)
 
 
+def canned_rest_floor(name, url, body):
+    """A bare REST server answering every request with model_server's answer to `body` at `url`, started."""
+    response = BENCH_DIR / f"{name}-response.json"
+    with closing(RestPredictor(url, body)) as rest_client:
+        response.write_bytes(rest_client().content)
+    return BenchServer("floor-rest", sys.executable, [response], BENCH_DIR, name)
+
+
 def start_background(bench, grpc_target, floor_url, predict_url):
     """The bare gRPC and REST floors, canned with model_server's answers, and the KServe peer if installed."""
-    grpc_response, rest_response = BENCH_DIR / "floor-response.pb", BENCH_DIR / "floor-response.json"
+    grpc_response = BENCH_DIR / "floor-response.pb"
     with grpc.insecure_channel(grpc_target, options=CHANNEL_OPTIONS) as channel:
         request = predict_request(HALF_PLUS_TWO, "serving_default", {"x": bench.floor_input})
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
     grpc_response.write_bytes(response.SerializeToString())
-    with closing(RestPredictor(floor_url, bench.floor_body)) as rest_client:
-        rest_response.write_bytes(rest_client().content)
     background = bench.background
     # Each is named in `background` before it starts, so that Background.stop stops it if its start fails.
     background.grpc_floor = BenchServer("floor-grpc", sys.executable, [grpc_response], BENCH_DIR)
     background.grpc_floor.start(READY_TIMEOUT)
-    background.rest_floor = BenchServer("floor-rest", sys.executable, [rest_response], BENCH_DIR)
+    background.rest_floor = canned_rest_floor("floor-rest", floor_url, bench.floor_body)
     background.rest_floor.start(READY_TIMEOUT)
-    b64_response = BENCH_DIR / "b64-response.json"
-    with closing(RestPredictor(predict_url, bench.b64_body)) as rest_client:
-        b64_response.write_bytes(rest_client().content)
-    background.rest_b64_floor = BenchServer("floor-rest", sys.executable, [b64_response], BENCH_DIR, "floor-rest-b64")
+    background.rest_b64_floor = canned_rest_floor("floor-rest-b64", predict_url, bench.b64_body)
     background.rest_b64_floor.start(READY_TIMEOUT)
     if not PEER_PYTHON.exists():
         print(f"No KServe peer: {PEER_PYTHON} is missing (make bench creates it).")

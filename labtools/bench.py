@@ -21,7 +21,8 @@ own response (the bare servers and the peer run in their own processes: labtools
 - grpc_floor_ratio: p50 through model_server / p50 of a bare grpcio PredictionService servicer
 - rest_floor_ratio: the same over REST / a bare aiohttp handler
 - grpc_floor_throughput_ratio, rest_floor_throughput_ratio: throughput at 16 concurrent clients,
-  model_server / the bare server
+  model_server / the bare server (the gRPC pair, several hundred requests a second, gets `--floor-requests`
+  each, sent in alternated halves as the peer's are)
 - rest_b64_limit: the lowest rest_b64_overhead any server could reach with this client on this machine:
   (in-process p50 + p50 of a bare aiohttp handler answering the same b64 request with model_server's
   response) / in-process p50
@@ -52,7 +53,8 @@ that read and write the requests. Batch-1 requests are interleaved round by roun
 slows all paths alike; request bodies are built once, as a load generator would. Each ratio is printed as
 the median of the runs, then as its spread (lowest, highest).
 
-    python -m labtools bench [--requests 100] [--repeats 3] [--intra-op-threads 1] [--inter-op-threads 0]
+    python -m labtools bench [--requests 100] [--floor-requests 1600] [--repeats 3] [--intra-op-threads 1]
+                             [--inter-op-threads 0]
 """
 
 import argparse
@@ -252,15 +254,18 @@ def cpu_seconds(process):
 
 
 def alternated_loads(ours, theirs, requests_per_path, clients, processes):
-    """({name: LoadResult}, {name: CPU seconds of its server}) for "rest_b64_preprocess" and "kserve_rest_b64"
-    at `clients` clients, each path's requests sent in two halves in the order ours, theirs, theirs, ours, so
-    that neither gains from going first or last; `processes` are their servers' psutil.Processes."""
-    calls = {"rest_b64_preprocess": ours, "kserve_rest_b64": theirs}
-    halves, cpu = {name: [] for name in calls}, dict.fromkeys(calls, 0.0)
-    for name in ("rest_b64_preprocess", "kserve_rest_b64", "kserve_rest_b64", "rest_b64_preprocess"):
+    """({name: LoadResult}, {name: CPU seconds of its server}) for the two paths `ours` and `theirs` (each a
+    {name: call}) at `clients` clients, each path's requests sent in two halves in the order ours, theirs,
+    theirs, ours, so that neither gains from going first or last; `processes` are the servers' psutil.Processes
+    by path name (a path without one has no CPU figure)."""
+    calls = {**ours, **theirs}
+    (our_name,), (their_name,) = ours, theirs
+    halves, cpu = {name: [] for name in calls}, {name: 0.0 for name in calls if name in processes}
+    for name in (our_name, their_name, their_name, our_name):
         loads, spent = loads_at({name: calls[name]}, requests_per_path // 2, clients, processes)
         halves[name].append(loads[name])
-        cpu[name] += spent[name]
+        if name in cpu:
+            cpu[name] += spent[name]
     loads = {name: LoadResult(latencies=first.latencies + second.latencies, elapsed=first.elapsed + second.elapsed)
              for name, (first, second) in halves.items()}
     return loads, cpu
@@ -273,6 +278,8 @@ def main(argv=None):
     parser.add_argument("--batch-rounds", type=int, default=20, help="batches of 32 for the throughput figures")
     parser.add_argument("--load-requests", type=int, default=160,
                         help=f"requests per path at {CONCURRENT_CLIENTS} concurrent clients")
+    parser.add_argument("--floor-requests", type=int, default=1600,
+                        help=f"requests per gRPC floor path at {CONCURRENT_CLIENTS} clients, alternated in halves")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every ratio; the median is reported")
     parser.add_argument("--warmup-iterations", type=int, default=1,
                         help="--num_request_iterations_for_warmup of the server (TF Serving's default: 1)")
@@ -283,6 +290,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.requests < 50:
         parser.error("--requests must be at least 50")
+    if args.floor_requests < 2 * CONCURRENT_CLIENTS:
+        parser.error(f"--floor-requests must be at least {2 * CONCURRENT_CLIENTS} (two halves of {CONCURRENT_CLIENTS} "
+                     "clients each)")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.intra_op_threads < 0 or args.inter_op_threads < 0:
@@ -367,20 +377,24 @@ def measure_run(bench):
             paths["kserve_rest_b64"] = client(RestPredictor(f"{background.peer.url}/v1/models/{PEER_MODEL}:predict",
                                                             bench.b64_body))
         timings = timed_rounds(paths, bench.args.requests, warmup=10)
-        loads, in_process_cpu = loads_at(
-            {name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor", "rest_half_plus_two",
-                                            "rest_bare_floor", "in_process_default", "in_process_preprocess",
-                                            "grpc_default", "rest_b64_preprocess")},
+        # The gRPC floor pair answers several hundred requests a second: it gets its own, longer load, alternated.
+        loads, _ = alternated_loads({"grpc_half_plus_two": paths["grpc_half_plus_two"]},
+                                    {"grpc_bare_floor": paths["grpc_bare_floor"]}, bench.args.floor_requests,
+                                    CONCURRENT_CLIENTS, {})
+        other_loads, in_process_cpu = loads_at(
+            {name: paths[name] for name in ("rest_half_plus_two", "rest_bare_floor", "in_process_default",
+                                            "in_process_preprocess", "grpc_default", "rest_b64_preprocess")},
             bench.args.load_requests,
             processes={"in_process_preprocess": psutil.Process()})
+        loads.update(other_loads)
         peer_loads, peer_cpu = {}, {}
         if "kserve_rest_b64" in paths:
             processes = {"rest_b64_preprocess": server_process,
                          "kserve_rest_b64": psutil.Process(background.peer.process.pid)}
             for clients in PEER_CLIENTS:
                 peer_loads[clients], peer_cpu[clients] = alternated_loads(
-                    paths["rest_b64_preprocess"], paths["kserve_rest_b64"], bench.args.load_requests, clients,
-                    processes)
+                    {"rest_b64_preprocess": paths["rest_b64_preprocess"]},
+                    {"kserve_rest_b64": paths["kserve_rest_b64"]}, bench.args.load_requests, clients, processes)
     p50 = {name: p50_ms(values) for name, values in timings.items()}
     figures = {name: f"{name:24} p50 {value:8.2f} ms" for name, value in p50.items()}
     figures.update({f"{name} load": f"{name:24} {load.throughput:8.1f} requests/s at {CONCURRENT_CLIENTS} clients"

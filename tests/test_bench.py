@@ -62,6 +62,7 @@ def test_a_bench_server_that_exits_fails_its_start_naming_its_log(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--requests", "10"], "--requests must be at least 50"),
+    (["--floor-requests", "31"], "--floor-requests must be at least 32 (two halves of 16 clients each)"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--intra-op-threads", "-1"], "must be 0 (TensorFlow's choice) or more"),
     (["--inter-op-threads", "-2"], "must be 0 (TensorFlow's choice) or more"),

@@ -253,13 +253,12 @@ def cpu_seconds(process):
     return total
 
 
-def alternated_loads(ours, theirs, requests_per_path, clients, processes):
-    """({name: LoadResult}, {name: CPU seconds of its server}) for the two paths `ours` and `theirs` (each a
-    {name: call}) at `clients` clients, each path's requests sent in two halves in the order ours, theirs,
-    theirs, ours, so that neither gains from going first or last; `processes` are the servers' psutil.Processes
-    by path name (a path without one has no CPU figure)."""
-    calls = {**ours, **theirs}
-    (our_name,), (their_name,) = ours, theirs
+def alternated_loads(calls, requests_per_path, clients, processes):
+    """({name: LoadResult}, {name: CPU seconds of its server}) for the two paths in `calls` ({name: call}, ours
+    first) at `clients` clients, each path's requests sent in two halves in the order ours, theirs, theirs,
+    ours, so that neither gains from going first or last; `processes` are the servers' psutil.Processes by
+    path name (a path without one has no CPU figure)."""
+    our_name, their_name = calls
     halves, cpu = {name: [] for name in calls}, {name: 0.0 for name in calls if name in processes}
     for name in (our_name, their_name, their_name, our_name):
         loads, spent = loads_at({name: calls[name]}, requests_per_path // 2, clients, processes)
@@ -378,9 +377,8 @@ def measure_run(bench):
                                                             bench.b64_body))
         timings = timed_rounds(paths, bench.args.requests, warmup=10)
         # The gRPC floor pair answers several hundred requests a second: it gets its own, longer load, alternated.
-        loads, _ = alternated_loads({"grpc_half_plus_two": paths["grpc_half_plus_two"]},
-                                    {"grpc_bare_floor": paths["grpc_bare_floor"]}, bench.args.floor_requests,
-                                    CONCURRENT_CLIENTS, {})
+        loads, _ = alternated_loads({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor")},
+                                    bench.args.floor_requests, CONCURRENT_CLIENTS, {})
         other_loads, in_process_cpu = loads_at(
             {name: paths[name] for name in ("rest_half_plus_two", "rest_bare_floor", "in_process_default",
                                             "in_process_preprocess", "grpc_default", "rest_b64_preprocess")},
@@ -393,8 +391,8 @@ def measure_run(bench):
                          "kserve_rest_b64": psutil.Process(background.peer.process.pid)}
             for clients in PEER_CLIENTS:
                 peer_loads[clients], peer_cpu[clients] = alternated_loads(
-                    {"rest_b64_preprocess": paths["rest_b64_preprocess"]},
-                    {"kserve_rest_b64": paths["kserve_rest_b64"]}, bench.args.load_requests, clients, processes)
+                    {name: paths[name] for name in ("rest_b64_preprocess", "kserve_rest_b64")},
+                    bench.args.load_requests, clients, processes)
     p50 = {name: p50_ms(values) for name, values in timings.items()}
     figures = {name: f"{name:24} p50 {value:8.2f} ms" for name, value in p50.items()}
     figures.update({f"{name} load": f"{name:24} {load.throughput:8.1f} requests/s at {CONCURRENT_CLIENTS} clients"

@@ -12,6 +12,9 @@ On the offline catalog's first model:
 - batch_throughput_ratio: throughput with batching (one batch thread per core, batches of up to 32, no
   timeout: TF Serving's starting point on CPUs) at 32 concurrent gRPC clients / in-process batch-32
   throughput, from as many threads as the server has batch threads
+- batch_throughput_limit: the highest batch_throughput_ratio any server could reach with these clients on this
+  machine (`best_throughput`): the clients run on the server's cores, and every CPU second they spend is one
+  the model does not get
 - warm_first_request_ratio: first request after a start with warmup records / steady p50
 
 Floors, on TF Serving's `half_plus_two` (built into build/testdata/ by labtools.testdata) with a
@@ -35,12 +38,17 @@ SavedModelBundle, from the bench-only venv `make bench` creates (build/bench-ven
 - peer_cpu_ratio_c16: CPU time our server spent per request at 16 clients / KServe's (processes and their
   children), the cost that decides throughput once the cores are busy; the in-process CPU per request
   (`serving_preprocess` from 16 threads, TensorFlow's work alone) is printed beside them
+- peer_throughput_limit_c16: the highest peer_throughput_ratio_c16 any server could reach against this KServe
+  with our clients beside it (`best_throughput`)
 
 The physical limit, at 16 clients:
 - throughput_ratio_c16_grpc: gRPC `serving_default` throughput / the same signature called in this process
   from 16 threads
 - throughput_ratio_c16_rest: REST b64 `serving_preprocess` throughput / the same, in this process
 - throughput_ratio_c16: the lower of the two
+- throughput_ratio_c16_grpc_limit, _rest_limit, throughput_ratio_c16_limit (the lower): the highest ratio any
+  server could reach with these clients on this machine (`best_throughput`), from the CPU per request this
+  process spends running the model in process and running the clients
 
 "In this process" uses the server's own loader (TF1 session, SavedModelBundle) with the servers' pool sizes:
 the floor no server can beat. (TensorFlow sizes its CPU pools once per process, for its first device, so the
@@ -95,7 +103,8 @@ from utils.warmup import lab_warmup_requests, write_warmup_requests
 BENCH_DIR = BUILD_DIR / "bench"
 BENCH_IMAGE = IMAGES_DIR / "chelsea.jpg"
 BATCH_SIZE = 32
-BATCH_THREADS = os.cpu_count() or 1  # TF Serving's batching guide on CPUs: one batch thread per core
+CORES = os.cpu_count() or 1
+BATCH_THREADS = CORES  # TF Serving's batching guide on CPUs: one batch thread per core
 HALF_PLUS_TWO, HALF_PLUS_TWO_VERSION = "half_plus_two", 123
 FLOOR_ELEMENTS = 224 * 224 * 3  # one image's worth of floats
 CONCURRENT_CLIENTS = 16
@@ -104,7 +113,11 @@ PEER_PYTHON = BUILD_DIR / "bench-venv" / "bin" / "python"
 READY_TIMEOUT = 180
 # The ratios `make bench` reported first, in their order; the floors' and the peer's follow.
 FIRST_RATIOS = ["grpc_overhead", "rest_b64_overhead", "rest_b64_limit", "rest_float_overhead",
-                "batch_throughput_ratio", "warm_first_request_ratio", "throughput_ratio_c16"]
+                "batch_throughput_ratio", "batch_throughput_limit", "warm_first_request_ratio", "throughput_ratio_c16",
+                "throughput_ratio_c16_limit"]
+# throughput_ratio_c16's served paths, by protocol, each with the in-process path of the same signature and input.
+SERVED_AND_IN_PROCESS = {"grpc": ("grpc_default", "in_process_default"),
+                         "rest": ("rest_b64_preprocess", "in_process_preprocess")}
 
 
 @dataclass
@@ -227,21 +240,55 @@ def timed_rounds(paths, rounds, warmup):
     return timings
 
 
+@dataclass
+class TimedLoad:
+    """A path's timed load and the CPU seconds spent on it: by this process (`own_cpu`: the clients' work for a
+    served path, the model's for an in-process one) and by the path's server and its children (`server_cpu`;
+    None: not measured)."""
+
+    load: LoadResult
+    own_cpu: float
+    server_cpu: float | None = None
+
+    def ms_per_request(self, cpu_seconds_spent):
+        return cpu_seconds_spent * 1000 / self.load.sent
+
+    def __add__(self, other):
+        """Two halves of one path's load as one."""
+        load = LoadResult(latencies=self.load.latencies + other.load.latencies,
+                          elapsed=self.load.elapsed + other.load.elapsed)
+        server_cpu = None if self.server_cpu is None else self.server_cpu + other.server_cpu
+        return TimedLoad(load, self.own_cpu + other.own_cpu, server_cpu)
+
+
+def best_throughput(model_ms, client_ms):
+    """The most requests a second any server answers on this machine with its clients beside it: none spends less
+    CPU on a request than the model does in process (`model_ms`), its clients spend `client_ms` on the same cores,
+    and the cores give at most their number of CPU seconds a second."""
+    return CORES * 1000 / (model_ms + client_ms)
+
+
+def timed_load(name, call, total, clients, server=None):
+    """`total` requests of one path from `clients` threads as a TimedLoad (`server`: its psutil.Process); a
+    failed request ends the bench."""
+    own_started = time.process_time()  # this process's CPU, to the nanosecond (psutil counts 10 ms ticks)
+    server_started = cpu_seconds(server) if server else 0.0
+    load = run_load(call, total, concurrency=clients, description=f"{name} load, {clients} clients")
+    own_cpu = time.process_time() - own_started
+    server_cpu = cpu_seconds(server) - server_started if server else None
+    if load.failures:
+        raise SystemExit(f"{load.failures} {name} requests failed: {load.errors[:3]}")
+    return TimedLoad(load, own_cpu, server_cpu)
+
+
 def loads_at(paths, requests_per_path, clients=CONCURRENT_CLIENTS, processes=None):
-    """{name: LoadResult} at `clients` concurrent clients, one path after another (each after a warm-up), and
-    {name: CPU seconds} that the psutil.Process `processes` names for a path spent in its timed requests."""
-    result, cpu = {}, {}
+    """{name: TimedLoad} at `clients` concurrent clients, one path after another, each after a warm-up;
+    `processes` names a path's server (a psutil.Process) where its CPU time is wanted."""
+    result = {}
     for name, call in paths.items():
         run_load(call, clients, concurrency=clients)
-        process = (processes or {}).get(name)
-        started = cpu_seconds(process) if process else 0.0
-        load = run_load(call, requests_per_path, concurrency=clients, description=f"{name} load, {clients} clients")
-        if process:
-            cpu[name] = cpu_seconds(process) - started
-        if load.failures:
-            raise SystemExit(f"{load.failures} {name} requests failed: {load.errors[:3]}")
-        result[name] = load
-    return result, cpu
+        result[name] = timed_load(name, call, requests_per_path, clients, (processes or {}).get(name))
+    return result
 
 
 def cpu_seconds(process):
@@ -254,20 +301,15 @@ def cpu_seconds(process):
 
 
 def alternated_loads(calls, requests_per_path, clients, processes):
-    """({name: LoadResult}, {name: CPU seconds of its server}) for the two paths in `calls` ({name: call}, ours
-    first) at `clients` clients, each path's requests sent in two halves in the order ours, theirs, theirs,
-    ours, so that neither gains from going first or last; `processes` are the servers' psutil.Processes by
-    path name (a path without one has no CPU figure)."""
+    """{name: TimedLoad} for the two paths in `calls` ({name: call}, ours first) at `clients` clients, each
+    path's requests sent in two halves in the order ours, theirs, theirs, ours, so that neither gains from going
+    first or last; `processes` are the servers' psutil.Processes by path name (a path without one has no server
+    CPU figure)."""
     our_name, their_name = calls
-    halves, cpu = {name: [] for name in calls}, {name: 0.0 for name in calls if name in processes}
+    halves = {name: [] for name in calls}
     for name in (our_name, their_name, their_name, our_name):
-        loads, spent = loads_at({name: calls[name]}, requests_per_path // 2, clients, processes)
-        halves[name].append(loads[name])
-        if name in cpu:
-            cpu[name] += spent[name]
-    loads = {name: LoadResult(latencies=first.latencies + second.latencies, elapsed=first.elapsed + second.elapsed)
-             for name, (first, second) in halves.items()}
-    return loads, cpu
+        halves[name].append(loads_at({name: calls[name]}, requests_per_path // 2, clients, processes)[name])
+    return {name: first + second for name, (first, second) in halves.items()}
 
 
 def main(argv=None):
@@ -377,37 +419,41 @@ def measure_run(bench):
                                                             bench.b64_body))
         timings = timed_rounds(paths, bench.args.requests, warmup=10)
         # The gRPC floor pair answers several hundred requests a second: it gets its own, longer load, alternated.
-        loads, _ = alternated_loads({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor")},
-                                    bench.args.floor_requests, CONCURRENT_CLIENTS, {})
-        other_loads, in_process_cpu = loads_at(
+        loads = alternated_loads({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor")},
+                                 bench.args.floor_requests, CONCURRENT_CLIENTS, {})
+        loads.update(loads_at(
             {name: paths[name] for name in ("rest_half_plus_two", "rest_bare_floor", "in_process_default",
                                             "in_process_preprocess", "grpc_default", "rest_b64_preprocess")},
-            bench.args.load_requests,
-            processes={"in_process_preprocess": psutil.Process()})
-        loads.update(other_loads)
-        peer_loads, peer_cpu = {}, {}
+            bench.args.load_requests))
+        peer_loads = {}
         if "kserve_rest_b64" in paths:
             processes = {"rest_b64_preprocess": server_process,
                          "kserve_rest_b64": psutil.Process(background.peer.process.pid)}
             for clients in PEER_CLIENTS:
-                peer_loads[clients], peer_cpu[clients] = alternated_loads(
+                peer_loads[clients] = alternated_loads(
                     {name: paths[name] for name in ("rest_b64_preprocess", "kserve_rest_b64")},
                     bench.args.load_requests, clients, processes)
     p50 = {name: p50_ms(values) for name, values in timings.items()}
     figures = {name: f"{name:24} p50 {value:8.2f} ms" for name, value in p50.items()}
-    figures.update({f"{name} load": f"{name:24} {load.throughput:8.1f} requests/s at {CONCURRENT_CLIENTS} clients"
-                    for name, load in loads.items()})
-    figures.update({f"{name} load {clients}": f"{name:24} {load.throughput:8.1f} requests/s, p50 "
-                                              f"{load.percentile_ms(50):7.1f} ms at {clients} clients"
-                    for clients, by_name in peer_loads.items() for name, load in by_name.items()})
-    if peer_cpu:
-        timed = {**peer_loads[CONCURRENT_CLIENTS], **loads}
-        spent = {**peer_cpu[CONCURRENT_CLIENTS], **in_process_cpu}
-        per_request = {name: seconds * 1000 / timed[name].sent for name, seconds in spent.items()}
-        figures["cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients: " +
-                          ", ".join(f"{name} {value:.2f} ms" for name, value in per_request.items()))
+    figures.update({f"{name} load": f"{name:24} {timed.load.throughput:8.1f} requests/s at {CONCURRENT_CLIENTS} "
+                                    "clients" for name, timed in loads.items()})
+    figures.update({f"{name} load {clients}": f"{name:24} {timed.load.throughput:8.1f} requests/s, p50 "
+                                              f"{timed.load.percentile_ms(50):7.1f} ms at {clients} clients"
+                    for clients, by_name in peer_loads.items() for name, timed in by_name.items()})
+    own_ms = {name: timed.ms_per_request(timed.own_cpu) for name, timed in loads.items()}
+    figures["cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients in this process (the model's work for an "
+                      "in-process path, the clients' for a served one): " +
+                      ", ".join(f"{name} {own_ms[name]:.2f} ms" for pair in SERVED_AND_IN_PROCESS.values()
+                                for name in pair))
+    if peer_loads:
+        at_c16 = peer_loads[CONCURRENT_CLIENTS]
+        server_ms = {name: timed.ms_per_request(timed.server_cpu) for name, timed in at_c16.items()}
+        client_ms = {name: timed.ms_per_request(timed.own_cpu) for name, timed in at_c16.items()}
+        figures["peer cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients, server (its clients): " +
+                               ", ".join(f"{name} {server_ms[name]:.2f} ms ({client_ms[name]:.2f} ms)"
+                                         for name in at_c16))
     figures["first"] = f"first request after warmup {first_request * 1000:.2f} ms"
-    throughput = {name: load.throughput for name, load in loads.items()}
+    throughput = {name: timed.load.throughput for name, timed in loads.items()}
     ratios = {
         "grpc_overhead": p50["grpc_default"] / p50["in_process_default"],
         "rest_b64_overhead": p50["rest_b64_preprocess"] / p50["in_process_preprocess"],
@@ -422,14 +468,22 @@ def measure_run(bench):
         "throughput_ratio_c16_rest": throughput["rest_b64_preprocess"] / throughput["in_process_preprocess"],
     }
     ratios["throughput_ratio_c16"] = min(ratios["throughput_ratio_c16_grpc"], ratios["throughput_ratio_c16_rest"])
+    for protocol, (served, in_process) in SERVED_AND_IN_PROCESS.items():
+        ratios[f"throughput_ratio_c16_{protocol}_limit"] = (best_throughput(own_ms[in_process], own_ms[served]) /
+                                                            throughput[in_process])
+    ratios["throughput_ratio_c16_limit"] = min(ratios["throughput_ratio_c16_grpc_limit"],
+                                               ratios["throughput_ratio_c16_rest_limit"])
     if "kserve_rest_b64" in p50:
         ratios["peer_rest_b64_ratio"] = p50["rest_b64_preprocess"] / p50["kserve_rest_b64"]
         for clients, by_name in peer_loads.items():
-            ours, theirs = by_name["rest_b64_preprocess"], by_name["kserve_rest_b64"]
+            ours, theirs = by_name["rest_b64_preprocess"].load, by_name["kserve_rest_b64"].load
             ratios[f"peer_throughput_ratio_c{clients}"] = ours.throughput / theirs.throughput
             if clients > 1:
                 ratios[f"peer_p50_ratio_c{clients}"] = ours.percentile_ms(50) / theirs.percentile_ms(50)
-        ratios["peer_cpu_ratio_c16"] = per_request["rest_b64_preprocess"] / per_request["kserve_rest_b64"]
+        ratios["peer_cpu_ratio_c16"] = server_ms["rest_b64_preprocess"] / server_ms["kserve_rest_b64"]
+        ratios["peer_throughput_limit_c16"] = (best_throughput(own_ms["in_process_preprocess"],
+                                                               client_ms["rest_b64_preprocess"]) /
+                                               at_c16["kserve_rest_b64"].load.throughput)
     return figures, {key: round(value, 3) for key, value in ratios.items()}
 
 
@@ -454,12 +508,16 @@ def measure_batching(bench):
         run_load(client, BATCH_SIZE * 3, concurrency=BATCH_SIZE)
         for _ in range(bench.args.repeats):
             run_load(in_process_batch, BATCH_THREADS * 2, concurrency=BATCH_THREADS)
-            in_process = BATCH_SIZE * run_load(in_process_batch, rounds, concurrency=BATCH_THREADS).throughput
-            served = run_load(client, BATCH_SIZE * rounds, concurrency=BATCH_SIZE,
-                              description="batched load")
-            if served.failures:
-                raise SystemExit(f"{served.failures} batched requests failed: {served.errors[:3]}")
-            runs.append(({"batch": f"batch {BATCH_SIZE}: in-process {in_process:.1f} images/s; served with "
-                                   f"batching, {BATCH_SIZE} gRPC clients: {served.throughput:.1f} requests/s"},
-                         {"batch_throughput_ratio": round(served.throughput / in_process, 3)}))
+            in_process = timed_load("in-process batch", in_process_batch, rounds, BATCH_THREADS)
+            served = timed_load("batched", client, BATCH_SIZE * rounds, BATCH_SIZE)
+            images_per_second = BATCH_SIZE * in_process.load.throughput
+            model_ms = in_process.ms_per_request(in_process.own_cpu) / BATCH_SIZE
+            client_ms = served.ms_per_request(served.own_cpu)
+            runs.append(({"batch": f"batch {BATCH_SIZE}: in-process {images_per_second:.1f} images/s, "
+                                   f"{model_ms:.2f} ms of CPU an image; served with batching, {BATCH_SIZE} gRPC clients: "
+                                   f"{served.load.throughput:.1f} requests/s, the clients' CPU {client_ms:.2f} ms a "
+                                   "request"},
+                         {"batch_throughput_ratio": round(served.load.throughput / images_per_second, 3),
+                          "batch_throughput_limit": round(best_throughput(model_ms, client_ms) / images_per_second,
+                                                          3)}))
     return runs

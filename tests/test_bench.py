@@ -1,12 +1,15 @@
 """`make bench`: its own servers (labtools.bench_servers), started as the bench starts them, each answer what
 they were canned with, and one that exits fails its start at once; bad settings are refused before anything
-starts, and the servers' pool sizes reach them as TF Serving's flags."""
+starts, and the servers' pool sizes reach them as TF Serving's flags; a timed load counts the CPU spent on it, a
+failed request ends the bench, the peer's loads alternate, and no server is allowed more than the cores give."""
 
 import argparse
 import json
 import sys
+import time
 
 import grpc
+import psutil
 import pytest
 import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -78,3 +81,43 @@ def test_the_servers_pool_sizes_are_tf_servings_own_flags():
     args = argparse.Namespace(intra_op_threads=1, inter_op_threads=0)
     options = parse_flags(["--model_base_path=/m", *bench.pool_flags(args)])
     assert (options.tensorflow_intra_op_parallelism, options.tensorflow_inter_op_parallelism) == (1, 0)
+
+
+def busy(seconds):
+    """Spend `seconds` of this thread's CPU."""
+    started = time.thread_time()
+    while time.thread_time() - started < seconds:
+        pass
+
+
+def test_a_timed_load_counts_the_cpu_this_process_and_the_server_spend():
+    timed = bench.timed_load("busy", lambda: busy(0.005), 20, clients=2, server=psutil.Process())
+    assert timed.load.sent == 20 and not timed.load.failures
+    assert timed.ms_per_request(timed.own_cpu) >= 5
+    # The "server" here is this process and its children, counted in 10 ms ticks at each end.
+    assert timed.server_cpu >= 20 * 0.005 - 0.02
+    assert bench.timed_load("busy", lambda: busy(0.001), 4, clients=1).server_cpu is None
+
+
+def test_a_failed_request_ends_the_bench_naming_its_path():
+    def refused():
+        raise RuntimeError("HTTP 503: overloaded")
+
+    with pytest.raises(SystemExit, match=r"^3 batched requests failed: \['HTTP 503: overloaded'"):
+        bench.timed_load("batched", refused, 3, clients=1)
+
+
+def test_alternated_loads_send_ours_theirs_theirs_ours_and_join_each_paths_halves():
+    sent = []
+    calls = {"ours": lambda: sent.append("ours"), "theirs": lambda: sent.append("theirs")}
+    loads = bench.alternated_loads(calls, 8, clients=1, processes={})
+    # Each half is one warm-up request and four timed ones.
+    assert sent == ["ours"] * 5 + ["theirs"] * 10 + ["ours"] * 5
+    assert {name: timed.load.sent for name, timed in loads.items()} == {"ours": 8, "theirs": 8}
+    assert all(timed.server_cpu is None for timed in loads.values())
+
+
+def test_no_server_beats_the_cpu_its_model_and_clients_need_on_these_cores(monkeypatch):
+    monkeypatch.setattr(bench, "CORES", 2)
+    assert bench.best_throughput(model_ms=10, client_ms=0) == 200
+    assert bench.best_throughput(model_ms=10, client_ms=2.5) == 160

@@ -419,8 +419,10 @@ def measure_run(bench):
                                                             bench.b64_body))
         timings = timed_rounds(paths, bench.args.requests, warmup=10)
         # The gRPC floor pair answers several hundred requests a second: it gets its own, longer load, alternated.
-        loads = alternated_loads({name: paths[name] for name in ("grpc_half_plus_two", "grpc_bare_floor")},
-                                 bench.args.floor_requests, CONCURRENT_CLIENTS, {})
+        floor_servers = {"grpc_half_plus_two": server_process,
+                         "grpc_bare_floor": psutil.Process(background.grpc_floor.process.pid)}
+        loads = alternated_loads({name: paths[name] for name in floor_servers}, bench.args.floor_requests,
+                                 CONCURRENT_CLIENTS, floor_servers)
         loads.update(loads_at(
             {name: paths[name] for name in ("rest_half_plus_two", "rest_bare_floor", "in_process_default",
                                             "in_process_preprocess", "grpc_default", "rest_b64_preprocess")},
@@ -445,13 +447,12 @@ def measure_run(bench):
                       "in-process path, the clients' for a served one): " +
                       ", ".join(f"{name} {own_ms[name]:.2f} ms" for pair in SERVED_AND_IN_PROCESS.values()
                                 for name in pair))
+    figures["floor cpu"] = server_and_clients_cpu({name: loads[name] for name in floor_servers})
     if peer_loads:
         at_c16 = peer_loads[CONCURRENT_CLIENTS]
         server_ms = {name: timed.ms_per_request(timed.server_cpu) for name, timed in at_c16.items()}
         client_ms = {name: timed.ms_per_request(timed.own_cpu) for name, timed in at_c16.items()}
-        figures["peer cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients, server (its clients): " +
-                               ", ".join(f"{name} {server_ms[name]:.2f} ms ({client_ms[name]:.2f} ms)"
-                                         for name in at_c16))
+        figures["peer cpu"] = server_and_clients_cpu(at_c16)
     figures["first"] = f"first request after warmup {first_request * 1000:.2f} ms"
     throughput = {name: timed.load.throughput for name, timed in loads.items()}
     ratios = {
@@ -487,6 +488,13 @@ def measure_run(bench):
     return figures, {key: round(value, 3) for key, value in ratios.items()}
 
 
+def server_and_clients_cpu(loads):
+    """A printed line: the CPU per request each server and its clients spent in `loads` ({name: TimedLoad})."""
+    return (f"CPU per request at {CONCURRENT_CLIENTS} clients, server (its clients): " +
+            ", ".join(f"{name} {timed.ms_per_request(timed.server_cpu):.2f} ms "
+                      f"({timed.ms_per_request(timed.own_cpu):.2f} ms)" for name, timed in loads.items()))
+
+
 def measure_batching(bench):
     """Per repeat: in-process batch-32 throughput from BATCH_THREADS threads, then
     the server batching 32 concurrent batch-1 clients on BATCH_THREADS batch threads."""
@@ -503,20 +511,20 @@ def measure_batching(bench):
     rounds, runs = bench.args.batch_rounds, []
     in_process_batch = partial(bench.bundle.run, "serving_default", {"x": batch})
     flags = ["--enable_batching", f"--batching_parameters_file={batching_path}"]
-    with running_server(bench, *flags) as (grpc_target, _, _), \
+    with running_server(bench, *flags) as (grpc_target, _, server_process), \
             closing(GrpcPredictor(grpc_target, bench.model_name, "serving_default", {"x": bench.image})) as client:
         run_load(client, BATCH_SIZE * 3, concurrency=BATCH_SIZE)
         for _ in range(bench.args.repeats):
             run_load(in_process_batch, BATCH_THREADS * 2, concurrency=BATCH_THREADS)
             in_process = timed_load("in-process batch", in_process_batch, rounds, BATCH_THREADS)
-            served = timed_load("batched", client, BATCH_SIZE * rounds, BATCH_SIZE)
+            served = timed_load("batched", client, BATCH_SIZE * rounds, BATCH_SIZE, server_process)
             images_per_second = BATCH_SIZE * in_process.load.throughput
             model_ms = in_process.ms_per_request(in_process.own_cpu) / BATCH_SIZE
             client_ms = served.ms_per_request(served.own_cpu)
             runs.append(({"batch": f"batch {BATCH_SIZE}: in-process {images_per_second:.1f} images/s, "
                                    f"{model_ms:.2f} ms of CPU an image; served with batching, {BATCH_SIZE} gRPC clients: "
-                                   f"{served.load.throughput:.1f} requests/s, the clients' CPU {client_ms:.2f} ms a "
-                                   "request"},
+                                   f"{served.load.throughput:.1f} requests/s, CPU a request: the server's "
+                                   f"{served.ms_per_request(served.server_cpu):.2f} ms, the clients' {client_ms:.2f} ms"},
                          {"batch_throughput_ratio": round(served.load.throughput / images_per_second, 3),
                           "batch_throughput_limit": round(best_throughput(model_ms, client_ms) / images_per_second,
                                                           3)}))

@@ -465,13 +465,12 @@ def measure_run(bench):
         "rest_b64_limit": 1 + p50["rest_b64_bare_floor"] / p50["in_process_preprocess"],
         "grpc_floor_throughput_ratio": throughput["grpc_half_plus_two"] / throughput["grpc_bare_floor"],
         "rest_floor_throughput_ratio": throughput["rest_half_plus_two"] / throughput["rest_bare_floor"],
-        "throughput_ratio_c16_grpc": throughput["grpc_default"] / throughput["in_process_default"],
-        "throughput_ratio_c16_rest": throughput["rest_b64_preprocess"] / throughput["in_process_preprocess"],
     }
-    ratios["throughput_ratio_c16"] = min(ratios["throughput_ratio_c16_grpc"], ratios["throughput_ratio_c16_rest"])
     for protocol, (served, in_process) in SERVED_AND_IN_PROCESS.items():
+        ratios[f"throughput_ratio_c16_{protocol}"] = throughput[served] / throughput[in_process]
         ratios[f"throughput_ratio_c16_{protocol}_limit"] = (best_throughput(own_ms[in_process], own_ms[served]) /
                                                             throughput[in_process])
+    ratios["throughput_ratio_c16"] = min(ratios["throughput_ratio_c16_grpc"], ratios["throughput_ratio_c16_rest"])
     ratios["throughput_ratio_c16_limit"] = min(ratios["throughput_ratio_c16_grpc_limit"],
                                                ratios["throughput_ratio_c16_rest_limit"])
     if "kserve_rest_b64" in p50:

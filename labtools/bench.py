@@ -496,7 +496,7 @@ def server_and_clients_cpu(loads):
 
 def measure_batching(bench):
     """Per repeat: in-process batch-32 throughput from BATCH_THREADS threads, then
-    the server batching 32 concurrent batch-1 clients on BATCH_THREADS batch threads."""
+    the server batching 32 concurrent batch-1 clients on BATCH_THREADS batch threads, each with the CPU it cost."""
     batch = np.repeat(bench.image, BATCH_SIZE, axis=0)
     batching = BatchingParameters()
     batching.max_batch_size.value = BATCH_SIZE
@@ -521,9 +521,10 @@ def measure_batching(bench):
             model_ms = in_process.ms_per_request(in_process.own_cpu) / BATCH_SIZE
             client_ms = served.ms_per_request(served.own_cpu)
             runs.append(({"batch": f"batch {BATCH_SIZE}: in-process {images_per_second:.1f} images/s, "
-                                   f"{model_ms:.2f} ms of CPU an image; served with batching, {BATCH_SIZE} gRPC clients: "
-                                   f"{served.load.throughput:.1f} requests/s, CPU a request: the server's "
-                                   f"{served.ms_per_request(served.server_cpu):.2f} ms, the clients' {client_ms:.2f} ms"},
+                                   f"{model_ms:.2f} ms of CPU an image; served with batching, {BATCH_SIZE} gRPC "
+                                   f"clients: {served.load.throughput:.1f} requests/s, CPU a request: the server's "
+                                   f"{served.ms_per_request(served.server_cpu):.2f} ms, the clients' "
+                                   f"{client_ms:.2f} ms"},
                          {"batch_throughput_ratio": round(served.load.throughput / images_per_second, 3),
                           "batch_throughput_limit": round(best_throughput(model_ms, client_ms) / images_per_second,
                                                           3)}))

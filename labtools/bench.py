@@ -15,6 +15,8 @@ On the offline catalog's first model:
 - batch_throughput_limit: the highest batch_throughput_ratio any server could reach with these clients on this
   machine (`best_throughput`): the clients run on the server's cores, and every CPU second they spend is one
   the model does not get
+- batch_throughput_library_limit: the same for a server on grpcio: the CPU a bare grpcio server spends answering
+  the same 32 clients' requests (with model_server's batch-1 answer, canned) is added to the model's
 - warm_first_request_ratio: first request after a start with warmup records / steady p50
 
 Floors, on TF Serving's `half_plus_two` (built into build/testdata/ by labtools.testdata) with a
@@ -40,6 +42,8 @@ SavedModelBundle, from the bench-only venv `make bench` creates (build/bench-ven
   (`serving_preprocess` from 16 threads, TensorFlow's work alone) is printed beside them
 - peer_throughput_limit_c16: the highest peer_throughput_ratio_c16 any server could reach against this KServe
   with our clients beside it (`best_throughput`)
+- peer_throughput_library_limit_c16: the same for a server on aiohttp: the bare aiohttp handler's CPU per b64
+  request at 16 clients is added to the model's
 
 The physical limit, at 16 clients:
 - throughput_ratio_c16_grpc: gRPC `serving_default` throughput / the same signature called in this process
@@ -49,6 +53,11 @@ The physical limit, at 16 clients:
 - throughput_ratio_c16_grpc_limit, _rest_limit, throughput_ratio_c16_limit (the lower): the highest ratio any
   server could reach with these clients on this machine (`best_throughput`), from the CPU per request this
   process spends running the model in process and running the clients
+- throughput_ratio_c16_grpc_library_limit, _rest_library_limit, throughput_ratio_c16_library_limit (the lower):
+  the same for a server on the path's library, grpcio or aiohttp: the CPU per request of the bare server
+  answering the same request (with model_server's answer, canned; `--floor-requests` of them at 16 clients,
+  since a process's CPU is read in 10 ms ticks) is added to the model's. No server on that library spends less
+  than its bare server does on receiving the request and sending the answer.
 
 "In this process" uses the server's own loader (TF1 session, SavedModelBundle) with the servers' pool sizes:
 the floor no server can beat. (TensorFlow sizes its CPU pools once per process, for its first device, so the
@@ -75,6 +84,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -113,11 +123,23 @@ PEER_PYTHON = BUILD_DIR / "bench-venv" / "bin" / "python"
 READY_TIMEOUT = 180
 # The ratios `make bench` reported first, in their order; the floors' and the peer's follow.
 FIRST_RATIOS = ["grpc_overhead", "rest_b64_overhead", "rest_b64_limit", "rest_float_overhead",
-                "batch_throughput_ratio", "batch_throughput_limit", "warm_first_request_ratio", "throughput_ratio_c16",
-                "throughput_ratio_c16_limit"]
-# throughput_ratio_c16's served paths, by protocol, each with the in-process path of the same signature and input.
-SERVED_AND_IN_PROCESS = {"grpc": ("grpc_default", "in_process_default"),
-                         "rest": ("rest_b64_preprocess", "in_process_preprocess")}
+                "batch_throughput_ratio", "batch_throughput_limit", "batch_throughput_library_limit",
+                "warm_first_request_ratio", "throughput_ratio_c16", "throughput_ratio_c16_limit",
+                "throughput_ratio_c16_library_limit"]
+
+
+class ServedPath(NamedTuple):
+    """A served path, the in-process path of the same signature and input, and the bare server on the same library
+    answering the same request with model_server's answer, canned."""
+
+    served: str
+    in_process: str
+    bare: str
+
+
+# throughput_ratio_c16's paths, by protocol.
+SERVED_PATHS = {"grpc": ServedPath("grpc_default", "in_process_default", "grpc_bare_model_floor"),
+                "rest": ServedPath("rest_b64_preprocess", "in_process_preprocess", "rest_b64_bare_floor")}
 
 
 @dataclass
@@ -125,12 +147,13 @@ class Background:
     """The bench's own servers (labtools.bench_servers), started by the first run with its answers canned."""
 
     grpc_floor: BenchServer | None = None
+    grpc_model_floor: BenchServer | None = None
     rest_floor: BenchServer | None = None
     rest_b64_floor: BenchServer | None = None
     peer: BenchServer | None = None  # None without the bench venv
 
     def stop(self):
-        for server in (self.grpc_floor, self.rest_floor, self.rest_b64_floor, self.peer):
+        for server in (self.grpc_floor, self.grpc_model_floor, self.rest_floor, self.rest_b64_floor, self.peer):
             if server is not None:
                 server.stop()
 
@@ -201,17 +224,25 @@ def canned_rest_floor(name, url, body):
     return BenchServer("floor-rest", sys.executable, [response], BENCH_DIR, name)
 
 
+def canned_grpc_floor(name, target, request):
+    """A bare gRPC server answering every Predict with model_server's answer to `request` at `target`."""
+    response = BENCH_DIR / f"{name}-response.pb"
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    response.write_bytes(answer.SerializeToString())
+    return BenchServer("floor-grpc", sys.executable, [response], BENCH_DIR, name)
+
+
 def start_background(bench, grpc_target, floor_url, predict_url):
     """The bare gRPC and REST floors, canned with model_server's answers, and the KServe peer if installed."""
-    grpc_response = BENCH_DIR / "floor-response.pb"
-    with grpc.insecure_channel(grpc_target, options=CHANNEL_OPTIONS) as channel:
-        request = predict_request(HALF_PLUS_TWO, "serving_default", {"x": bench.floor_input})
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
-    grpc_response.write_bytes(response.SerializeToString())
     background = bench.background
     # Each is named in `background` before it starts, so that Background.stop stops it if its start fails.
-    background.grpc_floor = BenchServer("floor-grpc", sys.executable, [grpc_response], BENCH_DIR)
+    background.grpc_floor = canned_grpc_floor("floor-grpc", grpc_target, predict_request(
+        HALF_PLUS_TWO, "serving_default", {"x": bench.floor_input}))
     background.grpc_floor.start(READY_TIMEOUT)
+    background.grpc_model_floor = canned_grpc_floor("floor-grpc-model", grpc_target, predict_request(
+        bench.model_name, "serving_default", {"x": bench.image}))
+    background.grpc_model_floor.start(READY_TIMEOUT)
     background.rest_floor = canned_rest_floor("floor-rest", floor_url, bench.floor_body)
     background.rest_floor.start(READY_TIMEOUT)
     background.rest_b64_floor = canned_rest_floor("floor-rest-b64", predict_url, bench.b64_body)
@@ -354,9 +385,9 @@ def main(argv=None):
                           floor_body=json.dumps({"instances": floor_input.tolist()}).encode())
             try:
                 runs = [measure_run(bench) for _ in range(args.repeats)]
+                batch_runs = measure_batching(bench)
             finally:
                 bench.background.stop()
-            batch_runs = measure_batching(bench)
     except LabError as error:
         parser.exit(2, f"error: {error}\n")
 
@@ -427,6 +458,16 @@ def measure_run(bench):
             {name: paths[name] for name in ("rest_half_plus_two", "rest_bare_floor", "in_process_default",
                                             "in_process_preprocess", "grpc_default", "rest_b64_preprocess")},
             bench.args.load_requests))
+        # What the libraries alone spend on the served paths' requests: the bare servers, answering with canned
+        # copies of model_server's answers, get as many requests as the gRPC floor pair (their CPU is read in
+        # 10 ms ticks).
+        bare_servers = {"grpc_bare_model_floor": background.grpc_model_floor, "rest_b64_bare_floor":
+                        background.rest_b64_floor}
+        paths["grpc_bare_model_floor"] = client(GrpcPredictor(background.grpc_model_floor.target, bench.model_name,
+                                                              "serving_default", {"x": image})).connect()
+        loads.update(loads_at({name: paths[name] for name in bare_servers}, bench.args.floor_requests,
+                              processes={name: psutil.Process(server.process.pid)
+                                         for name, server in bare_servers.items()}))
         peer_loads = {}
         if "kserve_rest_b64" in paths:
             processes = {"rest_b64_preprocess": server_process,
@@ -443,11 +484,14 @@ def measure_run(bench):
                                               f"{timed.load.percentile_ms(50):7.1f} ms at {clients} clients"
                     for clients, by_name in peer_loads.items() for name, timed in by_name.items()})
     own_ms = {name: timed.ms_per_request(timed.own_cpu) for name, timed in loads.items()}
+    bare_ms = {path.bare: loads[path.bare].ms_per_request(loads[path.bare].server_cpu)
+               for path in SERVED_PATHS.values()}
     figures["cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients in this process (the model's work for an "
                       "in-process path, the clients' for a served one): " +
-                      ", ".join(f"{name} {own_ms[name]:.2f} ms" for pair in SERVED_AND_IN_PROCESS.values()
-                                for name in pair))
+                      ", ".join(f"{name} {own_ms[name]:.2f} ms" for path in SERVED_PATHS.values()
+                                for name in (path.served, path.in_process)))
     figures["floor cpu"] = server_and_clients_cpu({name: loads[name] for name in floor_servers})
+    figures["bare cpu"] = server_and_clients_cpu({name: loads[name] for name in bare_ms})
     if peer_loads:
         at_c16 = peer_loads[CONCURRENT_CLIENTS]
         server_ms = {name: timed.ms_per_request(timed.server_cpu) for name, timed in at_c16.items()}
@@ -466,13 +510,16 @@ def measure_run(bench):
         "grpc_floor_throughput_ratio": throughput["grpc_half_plus_two"] / throughput["grpc_bare_floor"],
         "rest_floor_throughput_ratio": throughput["rest_half_plus_two"] / throughput["rest_bare_floor"],
     }
-    for protocol, (served, in_process) in SERVED_AND_IN_PROCESS.items():
-        ratios[f"throughput_ratio_c16_{protocol}"] = throughput[served] / throughput[in_process]
-        ratios[f"throughput_ratio_c16_{protocol}_limit"] = (best_throughput(own_ms[in_process], own_ms[served]) /
-                                                            throughput[in_process])
-    ratios["throughput_ratio_c16"] = min(ratios["throughput_ratio_c16_grpc"], ratios["throughput_ratio_c16_rest"])
-    ratios["throughput_ratio_c16_limit"] = min(ratios["throughput_ratio_c16_grpc_limit"],
-                                               ratios["throughput_ratio_c16_rest_limit"])
+    for protocol, path in SERVED_PATHS.items():
+        model_ms, clients_ms = own_ms[path.in_process], own_ms[path.served]
+        in_process_throughput = throughput[path.in_process]
+        ratios[f"throughput_ratio_c16_{protocol}"] = throughput[path.served] / in_process_throughput
+        ratios[f"throughput_ratio_c16_{protocol}_limit"] = best_throughput(model_ms, clients_ms) / in_process_throughput
+        ratios[f"throughput_ratio_c16_{protocol}_library_limit"] = (
+            best_throughput(model_ms + bare_ms[path.bare], clients_ms) / in_process_throughput)
+    for suffix in ("", "_limit", "_library_limit"):
+        ratios[f"throughput_ratio_c16{suffix}"] = min(ratios[f"throughput_ratio_c16_{protocol}{suffix}"]
+                                                      for protocol in SERVED_PATHS)
     if "kserve_rest_b64" in p50:
         ratios["peer_rest_b64_ratio"] = p50["rest_b64_preprocess"] / p50["kserve_rest_b64"]
         for clients, by_name in peer_loads.items():
@@ -481,9 +528,11 @@ def measure_run(bench):
             if clients > 1:
                 ratios[f"peer_p50_ratio_c{clients}"] = ours.percentile_ms(50) / theirs.percentile_ms(50)
         ratios["peer_cpu_ratio_c16"] = server_ms["rest_b64_preprocess"] / server_ms["kserve_rest_b64"]
-        ratios["peer_throughput_limit_c16"] = (best_throughput(own_ms["in_process_preprocess"],
-                                                               client_ms["rest_b64_preprocess"]) /
-                                               at_c16["kserve_rest_b64"].load.throughput)
+        rest = SERVED_PATHS["rest"]
+        for ratio, model_ms in (("peer_throughput_limit_c16", own_ms[rest.in_process]),
+                                ("peer_throughput_library_limit_c16", own_ms[rest.in_process] + bare_ms[rest.bare])):
+            ratios[ratio] = (best_throughput(model_ms, client_ms[rest.served]) /
+                             at_c16["kserve_rest_b64"].load.throughput)
     return figures, {key: round(value, 3) for key, value in ratios.items()}
 
 
@@ -496,7 +545,8 @@ def server_and_clients_cpu(loads):
 
 def measure_batching(bench):
     """Per repeat: in-process batch-32 throughput from BATCH_THREADS threads, then
-    the server batching 32 concurrent batch-1 clients on BATCH_THREADS batch threads, each with the CPU it cost."""
+    the server batching 32 concurrent batch-1 clients on BATCH_THREADS batch threads, then the bare gRPC server
+    answering the same 32 clients with the canned batch-1 answer, each with the CPU it cost."""
     batch = np.repeat(bench.image, BATCH_SIZE, axis=0)
     batching = BatchingParameters()
     batching.max_batch_size.value = BATCH_SIZE
@@ -510,22 +560,30 @@ def measure_batching(bench):
     rounds, runs = bench.args.batch_rounds, []
     in_process_batch = partial(bench.bundle.run, "serving_default", {"x": batch})
     flags = ["--enable_batching", f"--batching_parameters_file={batching_path}"]
+    bare_floor = bench.background.grpc_model_floor
     with running_server(bench, *flags) as (grpc_target, _, server_process), \
-            closing(GrpcPredictor(grpc_target, bench.model_name, "serving_default", {"x": bench.image})) as client:
+            closing(GrpcPredictor(grpc_target, bench.model_name, "serving_default", {"x": bench.image})) as client, \
+            closing(GrpcPredictor(bare_floor.target, bench.model_name, "serving_default",
+                                  {"x": bench.image})) as bare_client:
         run_load(client, BATCH_SIZE * 3, concurrency=BATCH_SIZE)
+        run_load(bare_client, BATCH_SIZE, concurrency=BATCH_SIZE)
         for _ in range(bench.args.repeats):
             run_load(in_process_batch, BATCH_THREADS * 2, concurrency=BATCH_THREADS)
             in_process = timed_load("in-process batch", in_process_batch, rounds, BATCH_THREADS)
             served = timed_load("batched", client, BATCH_SIZE * rounds, BATCH_SIZE, server_process)
+            bare = timed_load("bare gRPC floor", bare_client, bench.args.floor_requests, BATCH_SIZE,
+                              psutil.Process(bare_floor.process.pid))
             images_per_second = BATCH_SIZE * in_process.load.throughput
             model_ms = in_process.ms_per_request(in_process.own_cpu) / BATCH_SIZE
-            client_ms = served.ms_per_request(served.own_cpu)
+            client_ms, bare_ms = served.ms_per_request(served.own_cpu), bare.ms_per_request(bare.server_cpu)
             runs.append(({"batch": f"batch {BATCH_SIZE}: in-process {images_per_second:.1f} images/s, "
                                    f"{model_ms:.2f} ms of CPU an image; served with batching, {BATCH_SIZE} gRPC "
                                    f"clients: {served.load.throughput:.1f} requests/s, CPU a request: the server's "
                                    f"{served.ms_per_request(served.server_cpu):.2f} ms, the clients' "
-                                   f"{client_ms:.2f} ms"},
+                                   f"{client_ms:.2f} ms; the bare gRPC server's {bare_ms:.2f} ms"},
                          {"batch_throughput_ratio": round(served.load.throughput / images_per_second, 3),
                           "batch_throughput_limit": round(best_throughput(model_ms, client_ms) / images_per_second,
-                                                          3)}))
+                                                          3),
+                          "batch_throughput_library_limit": round(
+                              best_throughput(model_ms + bare_ms, client_ms) / images_per_second, 3)}))
     return runs

@@ -1,7 +1,8 @@
 """`make bench`: its own servers (labtools.bench_servers), started as the bench starts them, each answer what
-they were canned with, and one that exits fails its start at once; bad settings are refused before anything
-starts, and the servers' pool sizes reach them as TF Serving's flags; a timed load counts the CPU spent on it, a
-failed request ends the bench, the peer's loads alternate, and no server is allowed more than the cores give."""
+they were canned with (a gRPC floor with what the served path answered), and one that exits fails its start at
+once; bad settings are refused before anything starts, and the servers' pool sizes reach them as TF Serving's
+flags; a timed load counts the CPU spent on it, a failed request ends the bench, the peer's loads alternate, and
+no server is allowed more than the cores give."""
 
 import argparse
 import json
@@ -52,6 +53,26 @@ def test_grpc_floor_answers_every_predict_with_its_canned_response(tmp_path):
     finally:
         server.stop()
     assert answer == canned
+
+
+def test_a_canned_grpc_floor_answers_with_what_the_served_path_answered(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
+    served = predict_pb2.PredictResponse()
+    served.outputs["probabilities"].float_val.extend([0.25, 0.75])
+    (tmp_path / "served.pb").write_bytes(served.SerializeToString())
+    request = predict_request("lab", "serving_default", {"x": [1.0]})
+    original = started("floor-grpc", tmp_path / "served.pb", tmp_path)
+    try:
+        copy = bench.canned_grpc_floor("floor-grpc-copy", original.target, request).start(START_TIMEOUT)
+    finally:
+        original.stop()
+    try:
+        with grpc.insecure_channel(copy.target) as channel:
+            answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    finally:
+        copy.stop()
+    assert answer == served
+    assert (tmp_path / "floor-grpc-copy-response.pb").read_bytes() == served.SerializeToString()
 
 
 def test_a_bench_server_that_exits_fails_its_start_naming_its_log(tmp_path):

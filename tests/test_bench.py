@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psutil
@@ -59,13 +60,20 @@ def test_a_canned_grpc_floor_answers_with_what_the_served_path_answered(tmp_path
     monkeypatch.setattr(bench, "BENCH_DIR", tmp_path)
     served = predict_pb2.PredictResponse()
     served.outputs["probabilities"].float_val.extend([0.25, 0.75])
-    (tmp_path / "served.pb").write_bytes(served.SerializeToString())
     request = predict_request("lab", "serving_default", {"x": [1.0]})
-    original = started("floor-grpc", tmp_path / "served.pb", tmp_path)
+
+    class ServedPath(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            return served
+
+    original = grpc.server(ThreadPoolExecutor(1))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(ServedPath(), original)
+    port = original.add_insecure_port("127.0.0.1:0")
+    original.start()
     try:
-        copy = bench.canned_grpc_floor("floor-grpc-copy", original.target, request).start(START_TIMEOUT)
+        copy = bench.canned_grpc_floor("floor-grpc-copy", f"127.0.0.1:{port}", request).start(START_TIMEOUT)
     finally:
-        original.stop()
+        original.stop(grace=None)
     try:
         with grpc.insecure_channel(copy.target) as channel:
             answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)

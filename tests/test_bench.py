@@ -62,12 +62,12 @@ def test_a_canned_grpc_floor_answers_with_what_the_served_path_answered(tmp_path
     served.outputs["probabilities"].float_val.extend([0.25, 0.75])
     request = predict_request("lab", "serving_default", {"x": [1.0]})
 
-    class ServedPath(prediction_service_pb2_grpc.PredictionServiceServicer):
+    class AnswersServed(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
             return served
 
     original = grpc.server(ThreadPoolExecutor(1))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(ServedPath(), original)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(AnswersServed(), original)
     port = original.add_insecure_port("127.0.0.1:0")
     original.start()
     try:

@@ -281,8 +281,15 @@ class TimedLoad:
     own_cpu: float
     server_cpu: float | None = None
 
-    def ms_per_request(self, cpu_seconds_spent):
-        return cpu_seconds_spent * 1000 / self.load.sent
+    @property
+    def own_ms(self):
+        """This process's CPU per request, in milliseconds."""
+        return self.own_cpu * 1000 / self.load.sent
+
+    @property
+    def server_ms(self):
+        """The server's CPU per request, in milliseconds."""
+        return self.server_cpu * 1000 / self.load.sent
 
     def __add__(self, other):
         """Two halves of one path's load as one."""
@@ -483,19 +490,14 @@ def measure_run(bench):
     figures.update({f"{name} load {clients}": f"{name:24} {timed.load.throughput:8.1f} requests/s, p50 "
                                               f"{timed.load.percentile_ms(50):7.1f} ms at {clients} clients"
                     for clients, by_name in peer_loads.items() for name, timed in by_name.items()})
-    own_ms = {name: timed.ms_per_request(timed.own_cpu) for name, timed in loads.items()}
-    bare_ms = {path.bare: loads[path.bare].ms_per_request(loads[path.bare].server_cpu)
-               for path in SERVED_PATHS.values()}
     figures["cpu"] = (f"CPU per request at {CONCURRENT_CLIENTS} clients in this process (the model's work for an "
                       "in-process path, the clients' for a served one): " +
-                      ", ".join(f"{name} {own_ms[name]:.2f} ms" for path in SERVED_PATHS.values()
+                      ", ".join(f"{name} {loads[name].own_ms:.2f} ms" for path in SERVED_PATHS.values()
                                 for name in (path.served, path.in_process)))
     figures["floor cpu"] = server_and_clients_cpu({name: loads[name] for name in floor_servers})
-    figures["bare cpu"] = server_and_clients_cpu({name: loads[name] for name in bare_ms})
+    figures["bare cpu"] = server_and_clients_cpu({path.bare: loads[path.bare] for path in SERVED_PATHS.values()})
     if peer_loads:
         at_c16 = peer_loads[CONCURRENT_CLIENTS]
-        server_ms = {name: timed.ms_per_request(timed.server_cpu) for name, timed in at_c16.items()}
-        client_ms = {name: timed.ms_per_request(timed.own_cpu) for name, timed in at_c16.items()}
         figures["peer cpu"] = server_and_clients_cpu(at_c16)
     figures["first"] = f"first request after warmup {first_request * 1000:.2f} ms"
     throughput = {name: timed.load.throughput for name, timed in loads.items()}
@@ -511,12 +513,12 @@ def measure_run(bench):
         "rest_floor_throughput_ratio": throughput["rest_half_plus_two"] / throughput["rest_bare_floor"],
     }
     for protocol, path in SERVED_PATHS.items():
-        model_ms, clients_ms = own_ms[path.in_process], own_ms[path.served]
+        model_ms, clients_ms = loads[path.in_process].own_ms, loads[path.served].own_ms
         in_process_throughput = throughput[path.in_process]
         ratios[f"throughput_ratio_c16_{protocol}"] = throughput[path.served] / in_process_throughput
         ratios[f"throughput_ratio_c16_{protocol}_limit"] = best_throughput(model_ms, clients_ms) / in_process_throughput
         ratios[f"throughput_ratio_c16_{protocol}_library_limit"] = (
-            best_throughput(model_ms + bare_ms[path.bare], clients_ms) / in_process_throughput)
+            best_throughput(model_ms + loads[path.bare].server_ms, clients_ms) / in_process_throughput)
     for suffix in ("", "_limit", "_library_limit"):
         ratios[f"throughput_ratio_c16{suffix}"] = min(ratios[f"throughput_ratio_c16_{protocol}{suffix}"]
                                                       for protocol in SERVED_PATHS)
@@ -527,11 +529,12 @@ def measure_run(bench):
             ratios[f"peer_throughput_ratio_c{clients}"] = ours.throughput / theirs.throughput
             if clients > 1:
                 ratios[f"peer_p50_ratio_c{clients}"] = ours.percentile_ms(50) / theirs.percentile_ms(50)
-        ratios["peer_cpu_ratio_c16"] = server_ms["rest_b64_preprocess"] / server_ms["kserve_rest_b64"]
+        ratios["peer_cpu_ratio_c16"] = at_c16["rest_b64_preprocess"].server_ms / at_c16["kserve_rest_b64"].server_ms
         rest = SERVED_PATHS["rest"]
-        for ratio, model_ms in (("peer_throughput_limit_c16", own_ms[rest.in_process]),
-                                ("peer_throughput_library_limit_c16", own_ms[rest.in_process] + bare_ms[rest.bare])):
-            ratios[ratio] = (best_throughput(model_ms, client_ms[rest.served]) /
+        model_ms = loads[rest.in_process].own_ms
+        for ratio, cpu_ms in (("peer_throughput_limit_c16", model_ms),
+                              ("peer_throughput_library_limit_c16", model_ms + loads[rest.bare].server_ms)):
+            ratios[ratio] = (best_throughput(cpu_ms, at_c16[rest.served].own_ms) /
                              at_c16["kserve_rest_b64"].load.throughput)
     return figures, {key: round(value, 3) for key, value in ratios.items()}
 
@@ -539,8 +542,7 @@ def measure_run(bench):
 def server_and_clients_cpu(loads):
     """A printed line: the CPU per request each server and its clients spent in `loads` ({name: TimedLoad})."""
     return (f"CPU per request at {CONCURRENT_CLIENTS} clients, server (its clients): " +
-            ", ".join(f"{name} {timed.ms_per_request(timed.server_cpu):.2f} ms "
-                      f"({timed.ms_per_request(timed.own_cpu):.2f} ms)" for name, timed in loads.items()))
+            ", ".join(f"{name} {timed.server_ms:.2f} ms ({timed.own_ms:.2f} ms)" for name, timed in loads.items()))
 
 
 def measure_batching(bench):
@@ -574,12 +576,11 @@ def measure_batching(bench):
             bare = timed_load("bare gRPC floor", bare_client, bench.args.floor_requests, BATCH_SIZE,
                               psutil.Process(bare_floor.process.pid))
             images_per_second = BATCH_SIZE * in_process.load.throughput
-            model_ms = in_process.ms_per_request(in_process.own_cpu) / BATCH_SIZE
-            client_ms, bare_ms = served.ms_per_request(served.own_cpu), bare.ms_per_request(bare.server_cpu)
+            model_ms, client_ms, bare_ms = in_process.own_ms / BATCH_SIZE, served.own_ms, bare.server_ms
             runs.append(({"batch": f"batch {BATCH_SIZE}: in-process {images_per_second:.1f} images/s, "
                                    f"{model_ms:.2f} ms of CPU an image; served with batching, {BATCH_SIZE} gRPC "
                                    f"clients: {served.load.throughput:.1f} requests/s, CPU a request: the server's "
-                                   f"{served.ms_per_request(served.server_cpu):.2f} ms, the clients' "
+                                   f"{served.server_ms:.2f} ms, the clients' "
                                    f"{client_ms:.2f} ms; the bare gRPC server's {bare_ms:.2f} ms"},
                          {"batch_throughput_ratio": round(served.load.throughput / images_per_second, 3),
                           "batch_throughput_limit": round(best_throughput(model_ms, client_ms) / images_per_second,
